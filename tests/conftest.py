@@ -1,0 +1,56 @@
+"""Shared fixtures: where the real data lives, and a private cache per test session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# Real benchmark data lives beside the checkout, never inside it (see ../shared/data/README.md).
+SHARED_DATA = Path(os.environ.get("DELM_RLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.fail(
+            f"real test data missing: {path} (expected ../shared/data beside the checkout; "
+            "set DELM_RLM_SHARED_DATA to its location)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def trec_pool() -> Path:
+    """The TREC question-classification pool (5,452 labelled lines)."""
+    return _require(SHARED_DATA / "trec" / "train_5500.label")
+
+
+@pytest.fixture(scope="session")
+def longbench_sample() -> Path:
+    """12 real LongBench-v2 Multi-Document QA rows (official fields)."""
+    return _require(SHARED_DATA / "longbench_v2" / "multidoc_dev.jsonl")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep the LM response cache of the test run away from the user's own cache.
+
+    The assembled local model file is the exception: it is 1.1 GB and content-addressed, so
+    tests reuse the user's copy through DELM_RLM_MODEL_DIR when it is set.
+    """
+    cache = tmp_path_factory.mktemp("delm-rlm-cache")
+    previous = os.environ.get("DELM_RLM_CACHE_DIR")
+    os.environ["DELM_RLM_CACHE_DIR"] = str(cache)
+    yield cache
+    if previous is None:
+        os.environ.pop("DELM_RLM_CACHE_DIR", None)
+    else:
+        os.environ["DELM_RLM_CACHE_DIR"] = previous
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
