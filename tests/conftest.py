@@ -8,6 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Deterministic property tests: the same examples on every run and machine (no flaky CI), and
+# no per-example deadline (2 shared cores make timings noisy).
+settings.register_profile(
+    "delm-rlm", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("delm-rlm")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Real benchmark data lives beside the checkout, never inside it (see ../shared/data/README.md).

@@ -145,9 +145,12 @@ def test_numeric_credit_falls_with_distance(gold: int, d1: int, d2: int) -> None
 _label_text = st.text(
     alphabet=st.characters(blacklist_characters=":*[]\n\r", blacklist_categories=("Cs", "Z")), min_size=1, max_size=40
 ).map(str.strip).filter(bool)
+# The official scorer reads any gold containing "datetime" as a date (a real quirk), so labels
+# with that word are not clean labels.
+_clean_label = _label_text.filter(lambda s: "datetime" not in s)
 
 
-@given(_label_text)
+@given(_clean_label)
 def test_clean_outputs_score_exactly_one(label: str) -> None:
     # Exact-match reflexivity: the gold, written in the requested form, always scores 1.
     gold = repr([label])
