@@ -1,0 +1,119 @@
+"""The bridge: REPL code calls host functions synchronously; only with the sandbox's token."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import pytest_asyncio
+
+from sandbox import KernelSandbox
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CALLS: list[tuple[str, tuple]] = []
+
+
+async def llm_query(prompt: str) -> str:
+    CALLS.append(("llm_query", (prompt,)))
+    await asyncio.sleep(0.01)  # a real await: the host loop serves this while the cell blocks
+    return f"answer to {prompt}"
+
+
+def add(a: int, b: int = 0) -> int:
+    CALLS.append(("add", (a, b)))
+    return a + b
+
+
+def fails() -> None:
+    raise RuntimeError("model endpoint unreachable")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sb():
+    box = KernelSandbox(timeout=20)
+    box.register("llm_query", llm_query)  # before start
+    box.register("add", add)
+    box.register("fails", fails)
+    async with box:
+        yield box
+
+
+async def test_sync_and_async_host_functions_round_trip(sb: KernelSandbox) -> None:
+    result = await sb.execute("r = llm_query('q1')\nprint(r)\nprint(add(2, b=3))")
+    assert result.stdout == "answer to q1\n5\n", result
+    assert ("llm_query", ("q1",)) in CALLS and ("add", (2, 3)) in CALLS
+
+
+async def test_host_exception_raises_bridge_error_in_repl(sb: KernelSandbox) -> None:
+    result = await sb.execute(
+        "try:\n    fails()\nexcept BridgeError as e:\n    print('caught', e)"
+    )
+    assert result.stdout == "caught RuntimeError: model endpoint unreachable\n"
+    assert (await sb.execute("fails()")).error.startswith("BridgeError: RuntimeError")
+
+
+async def test_call_without_token_is_refused(sb: KernelSandbox) -> None:
+    before = len(CALLS)
+    code = (
+        "import socket, json, _delm_bridge\n"
+        "def raw(msg):\n"
+        "    s = socket.socket(socket.AF_UNIX); s.connect(_delm_bridge.address)\n"
+        "    s.sendall(json.dumps(msg).encode() + b'\\n'); out = s.makefile().read(); s.close()\n"
+        "    return json.loads(out)\n"
+        "print(json.dumps([raw({'name': 'add', 'args': [1, 1]}),\n"
+        "                  raw({'token': 'guess', 'name': 'add', 'args': [1, 1]})]))"
+    )
+    result = await sb.execute(code)
+    replies = json.loads(result.stdout)
+    assert all("refused" in r["error"] for r in replies), replies
+    assert len(CALLS) == before  # the host function never ran
+
+
+async def test_host_side_connection_without_token_is_refused(sb: KernelSandbox) -> None:
+    assert sb.private_dir is not None
+    reader, writer = await asyncio.open_unix_connection(str(sb.private_dir / "bridge.sock"))
+    writer.write(json.dumps({"token": "", "name": "add", "args": [1]}).encode() + b"\n")
+    await writer.drain()
+    reply = json.loads(await reader.readline())
+    writer.close()
+    assert "refused" in reply["error"]
+    assert (sb.private_dir / "bridge.sock").stat().st_mode & 0o077 == 0
+
+
+async def test_registered_after_start_and_survives_restart(sb: KernelSandbox) -> None:
+    sb.register("shout", lambda s: s.upper())
+    assert (await sb.execute("print(shout('hi'))")).stdout == "HI\n"
+    await sb.restart()
+    result = await sb.execute("print(shout('again'), add(1, 1))")
+    assert result.stdout == "AGAIN 2\n", result
+
+
+async def test_bad_arguments_and_results_give_bridge_errors(sb: KernelSandbox) -> None:
+    sb.register("give_set", lambda: {1, 2})
+    err = (await sb.execute("add(object())")).error or ""
+    assert err.startswith("BridgeError") and "JSON-serializable" in err
+    err = (await sb.execute("give_set()")).error or ""
+    assert err.startswith("BridgeError") and "not JSON-serializable" in err
+    with pytest.raises(ValueError):
+        sb.register("_private", add)
+    with pytest.raises(ValueError):
+        sb.register("not a name", add)
+    with pytest.raises(TypeError):
+        sb.register("thing", 42)  # type: ignore[arg-type]
+
+
+async def test_many_concurrent_calls_from_threads(sb: KernelSandbox) -> None:
+    result = await sb.execute(
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "with ThreadPoolExecutor(8) as pool:\n"
+        "    out = list(pool.map(llm_query, [f'p{i}' for i in range(32)]))\n"
+        "print(out[0], out[31], len(out))"
+    )
+    assert result.stdout == "answer to p0 answer to p31 32\n", result
+
+
+async def test_two_sandboxes_have_different_tokens(sb: KernelSandbox) -> None:
+    other = KernelSandbox()
+    assert other._token != sb._token and len(sb._token) >= 32
