@@ -1,0 +1,256 @@
+"""The team end to end (ScriptedLM, real kernels, real SQLite), both modes, and chunking.
+
+The scripted agents do what a competent model would (count with code, propose with a check,
+sum verified partials in the finalizer's REPL); the tests check the framework's mechanics:
+claims, proposals, verification, finalization, budgets, stored state.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from delm_rlm import Budget, RunStore, ScriptedLM, Team, Trace
+from delm_rlm.chunking import split_corpus
+from delm_rlm.queue import TaskQueue, TaskState
+
+DOCS = [
+    "spam: win money\nham: lunch?\nspam: pills\n",
+    "ham: report attached\nham: see you\n",
+    "spam: free cruise\n",
+    "ham: notes\nspam: crypto\nspam: prize\nspam: loans\n",
+]
+QUESTION = "How many lines are spam?"
+TRUE_COUNT = sum(line.startswith("spam") for d in DOCS for line in d.splitlines())
+
+COUNT = 'sum(1 for line in chunk.splitlines() if line.startswith("spam"))'
+AGENT_CODE = f"""```repl
+n = {COUNT}
+print(propose("partial", f"{{n + 1}} spam lines", value=n + 1, check='print({COUNT})'))
+print(propose("partial", f"{{n}} spam lines", value=n, check='print({COUNT})'))
+answer["content"] = str(n)
+answer["ready"] = True
+```"""
+FINAL_CODE = """```repl
+parts = gists(kind="partial")
+answer["content"] = str(sum(g["value"] for g in parts))
+answer["ready"] = True
+```"""
+
+
+def hybrid_script(messages: list[dict], role: str) -> str:
+    if role == "finalizer":
+        return FINAL_CODE
+    if role == "verifier":
+        return "REJECT: nothing here should need the judge"
+    return AGENT_CODE
+
+
+async def test_hybrid_team_end_to_end(tmp_path: Path) -> None:
+    lm = ScriptedLM(hybrid_script)
+    team = Team(lm, agents=2, run_dir=tmp_path / "run")
+    result = await team.run(QUESTION, DOCS)
+
+    assert result.status == "answered", result.error
+    assert result.answer == str(TRUE_COUNT)
+    store = RunStore(result.store_path)
+    partials = store.list_gists(status="admitted", kinds="partial")
+    # One verified partial per document, each with its check output kept as evidence.
+    assert sorted(g.value for g in partials) == sorted(
+        sum(line.startswith("spam") for line in d.splitlines()) for d in DOCS
+    )
+    assert all(g.evidence and g.evidence[-1].type == "code" for g in partials)
+    assert sorted(result.gist_ids) == sorted(g.id for g in partials)
+    # Every wrong first proposal was rejected and recorded as a FAILURE gist.
+    failures = store.list_gists(status="admitted", kinds="failure")
+    assert len(failures) == len(DOCS)
+    # Each task claimed once, done once, by the agent that claimed it.
+    tasks = TaskQueue(store).all()
+    assert [t.state for t in tasks] == [TaskState.DONE] * len(DOCS)
+    assert all(t.attempts == 1 for t in tasks)
+    events = Trace.load(result.trace_path)
+    done = [e.task for e in events if e.kind == "task_done"]
+    assert sorted(done) == sorted(t.id for t in tasks)
+    assert [e.data["answer"] for e in events if e.kind == "finalize"] == [str(TRUE_COUNT)]
+    assert {e.agent for e in events if e.kind == "task_claimed"} <= {"a1", "a2"}
+    # Usage by role: agents and the finalizer; code checks needed no judge.
+    assert set(result.usage_by_role) == {"root", "finalizer"}
+    assert result.usage_by_role["root"].calls == len(DOCS)
+    assert store.meta().status == "answered" and store.meta().answer == str(TRUE_COUNT)
+    assert store.get_meta("verification")["checks_run"]["code"] == 2 * len(DOCS)
+
+    # The directory holds a finished run: a resume returns it, a new run refuses it.
+    again = await Team.resume(tmp_path / "run", lm=ScriptedLM([]))
+    assert again.answer == str(TRUE_COUNT) and again.gist_ids == result.gist_ids
+    with pytest.raises(ValueError, match="already holds a run"):
+        await Team(lm, agents=1, run_dir=tmp_path / "run").run(QUESTION, DOCS)
+
+
+# -- delm mode (no REPL) -------------------------------------------------------------------
+
+
+def _chunk_of(messages: list[dict]) -> str:
+    return re.search(r"<chunk>\n(.*)\n</chunk>", messages[-1]["content"], re.DOTALL).group(1)
+
+
+class DelmScript:
+    """Agents read the chunk in the prompt; the first reply is broken JSON, and the first
+    look at the 'free cruise' chunk invents a quote. The finalizer sums gist values."""
+
+    def __init__(self, final_replies: list[str] | None = None) -> None:
+        self.calls = 0
+        self.invented = False
+        self.final_replies = list(final_replies or [])
+        self.prompts: list[str] = []
+
+    def __call__(self, messages: list[dict], role: str) -> str:
+        self.calls += 1
+        self.prompts.append(messages[-1]["content"])
+        if role == "verifier":
+            return "ADMIT: the quotes show the lines"
+        if role == "finalizer":
+            if self.final_replies:
+                return self.final_replies.pop(0)
+            values = [int(v) for v in re.findall(r"\[g\d+ PARTIAL\][^\n]*\(value (\d+)\)", messages[-1]["content"])]
+            return json.dumps({"answer": str(sum(values))})
+        if "<chunk>" not in messages[-1]["content"] and "not valid JSON" in messages[-1]["content"]:
+            messages = messages[:-2]  # the retry: answer the original question
+        if self.calls == 1:
+            return "Sure! {'answer': 2,"
+        chunk = _chunk_of(messages)
+        spam = [line for line in chunk.splitlines() if line.startswith("spam")]
+        quotes = spam[:3]
+        if "free cruise" in chunk and not self.invented:
+            self.invented = True
+            quotes = ["spam: free yacht"]
+        return json.dumps({
+            "answer": str(len(spam)),
+            "gists": [{"kind": "partial", "text": f"{len(spam)} spam lines", "value": len(spam), "quotes": quotes}],
+        })
+
+
+async def test_delm_team_end_to_end(tmp_path: Path) -> None:
+    script = DelmScript()
+    result = await Team(ScriptedLM(script), agents=2, mode="delm", run_dir=tmp_path).run(QUESTION, DOCS)
+
+    assert result.status == "answered", result.error
+    assert result.answer == str(TRUE_COUNT)
+    store = RunStore(result.store_path)
+    partials = store.list_gists(status="admitted", kinds="partial")
+    assert len(partials) == len(DOCS)
+    for g in partials:  # quotes were located in the chunk and verified
+        for ev in g.evidence:
+            assert DOCS[ev.doc][ev.start : ev.end] == ev.quote
+    # The invented quote was rejected, recorded, and its task redone.
+    failures = store.list_gists(status="admitted", kinds="failure")
+    assert any("free yacht" in f.text for f in failures)
+    tasks = TaskQueue(store).all()
+    assert all(t.state == TaskState.DONE for t in tasks)
+    assert sorted(t.attempts for t in tasks) == [1, 1, 1, 2]
+    # The broken first reply got one retry with the parse error.
+    assert any("not valid JSON" in p for p in script.prompts)
+    assert result.usage_by_role["verifier"].calls == len(DOCS)  # judge per admitted partial
+    assert "finalizer" in result.usage_by_role
+    # No REPL in this mode: no code ran.
+    assert not [e for e in result.trace if e.kind == "code_cell"]
+
+
+async def test_finalizer_adds_a_task_then_answers(tmp_path: Path) -> None:
+    script = DelmScript(final_replies=[json.dumps({"tasks": ["Re-count spam lines in doc 3"]})])
+    script.calls = 1  # no broken first reply in this test
+    team = Team(ScriptedLM(script), agents=2, mode="delm", plan="split", run_dir=tmp_path)
+    result = await team.run(QUESTION, DOCS)
+    assert result.status == "answered", result.error
+    tasks = TaskQueue(RunStore(result.store_path)).all()
+    added = [t for t in tasks if t.created_by in ("a1", "a2")]
+    assert [t.goal for t in added] == ["Re-count spam lines in doc 3"]
+    assert added[0].state == TaskState.DONE
+    assert len([e for e in result.trace if e.kind == "finalize"]) == 1
+    assert result.iterations == 2  # two finalize rounds
+
+
+async def test_model_plan_creates_the_tasks(tmp_path: Path) -> None:
+    def script(messages: list[dict], role: str) -> str:
+        system = messages[0]["content"]
+        if system.startswith("Split a question"):
+            return "1. Count spam lines in docs 0 and 1.\n2. Count spam lines in docs 2 and 3.\nThanks!"
+        if role == "verifier":
+            return "ADMIT: ok"
+        if role == "finalizer":
+            return '{"answer": "done"}'
+        return json.dumps({"answer": "1", "gists": []})
+
+    result = await Team(ScriptedLM(script), agents=2, mode="delm", plan="model", run_dir=tmp_path).run(QUESTION, DOCS)
+    assert result.status == "answered", result.error
+    goals = [t.goal for t in TaskQueue(RunStore(result.store_path)).all()]
+    assert goals == ["Count spam lines in docs 0 and 1.", "Count spam lines in docs 2 and 3."]
+
+
+async def test_budget_stops_the_team_with_status_budget(tmp_path: Path) -> None:
+    script = DelmScript()
+    script.calls = 1
+    result = await Team(
+        ScriptedLM(script), agents=1, mode="delm", budget=Budget(max_calls=3), run_dir=tmp_path
+    ).run(QUESTION, DOCS)
+    assert result.status == "budget"
+    assert "calls" in result.error
+    assert result.usage.calls <= 3
+    assert result.answer is not None and "Verified so far" in result.answer
+    assert RunStore(result.store_path).meta().status == "budget"
+
+
+def test_team_rejects_bad_settings() -> None:
+    lm = ScriptedLM([])
+    with pytest.raises(ValueError, match="sandbox"):
+        Team(lm, sandbox="docker")
+    with pytest.raises(ValueError, match="agents"):
+        Team(lm, agents=0)
+    with pytest.raises(ValueError, match="mode"):
+        Team(lm, mode="central")
+    with pytest.raises(TypeError, match="lm must be"):
+        Team("gpt-4o")  # type: ignore[arg-type]
+
+
+# -- chunking ------------------------------------------------------------------------------
+
+docs_strategy = st.lists(st.text(alphabet="ab \n", max_size=80), min_size=1, max_size=4).filter(
+    lambda ds: any(ds)
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(docs_strategy, st.integers(1, 30), st.sampled_from(["auto", "lines", "documents"]),
+       st.sampled_from(["chars", "tokens"]))
+def test_chunks_cover_every_document_exactly_and_respect_the_size(docs, size, by, unit) -> None:
+    chunks = split_corpus(docs, size=size, by=by, unit=unit)
+    assert chunks == split_corpus(docs, size=size, by=by, unit=unit)  # deterministic
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    for d, text in enumerate(docs):
+        mine = [c for c in chunks if c.doc == d]
+        assert "".join(c.text(docs) for c in mine) == text
+        if by != "documents":
+            measure = len if unit == "chars" else (lambda s: (len(s) + 3) // 4)
+            if by == "lines" or measure(text) > size:
+                assert all(measure(c.text(docs)) <= size for c in mine)
+        if unit == "chars":  # line-aligned, unless a single line is longer than the size
+            for c in mine[:-1]:
+                piece = c.text(docs)
+                assert piece.endswith("\n") or len(piece) == size
+
+
+def test_chunking_modes() -> None:
+    docs = ["a\nb\nc\n", "d\n"]
+    assert [(c.doc, c.start, c.end) for c in split_corpus(docs, size=100)] == [(0, 0, 6), (1, 0, 2)]
+    assert [(c.doc, c.start, c.end) for c in split_corpus(docs, size=4)] == [(0, 0, 4), (0, 4, 6), (1, 0, 2)]
+    assert len(split_corpus(docs, size=1, by="documents")) == 2
+    with pytest.raises(ValueError, match="empty"):
+        split_corpus(["", ""])
+    with pytest.raises(ValueError, match="positive"):
+        split_corpus(docs, size=0)
+    with pytest.raises(TypeError, match="list of documents"):
+        split_corpus("one text")  # type: ignore[arg-type]
