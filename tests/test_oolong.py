@@ -323,27 +323,31 @@ def test_loader_reads_rows_directly_and_folders(tmp_path: Path, rows_8k: list[di
     assert len(oolong.load(tmp_path / "d")) == len(rows_8k)
 
 
+_BAD_VALUES = [
+    ({"answer": None}, "answer", "missing"),
+    ({"answer": "human being"}, "answer", "cannot parse OOLONG gold"),
+    ({"answer_type": "ANSWER_TYPE.FOO"}, "answer_type", "is not one of"),
+    ({"task_group": "misc"}, "task_group", "is not one of"),
+    ({"input_subset": "yes"}, "input_subset", "'True' or 'False'"),
+]
+# A parquet column has one type, so a single wrong-typed cell exists only in JSONL files.
+_BAD_TYPES = [
+    ({"context_len": "8192"}, "context_len", "expected int"),
+    ({"num_labels": True}, "num_labels", "expected int"),
+]
+
+
 @pytest.mark.parametrize(
-    ("change", "field", "message"),
-    [
-        ({"answer": None}, "answer", "missing"),
-        ({"answer": "human being"}, "answer", "cannot parse OOLONG gold"),
-        ({"context_len": "8192"}, "context_len", "expected int"),
-        ({"num_labels": True}, "num_labels", "expected int"),
-        ({"answer_type": "ANSWER_TYPE.FOO"}, "answer_type", "is not one of"),
-        ({"task_group": "misc"}, "task_group", "is not one of"),
-        ({"input_subset": "yes"}, "input_subset", "'True' or 'False'"),
-    ],
+    ("change", "field", "message", "suffix"),
+    [(*case, suffix) for case in _BAD_VALUES for suffix in (".parquet", ".jsonl")]
+    + [(*case, ".jsonl") for case in _BAD_TYPES],
 )
-@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
 def test_bad_rows_name_file_row_field(
     tmp_path: Path, rows_8k: list[dict[str, Any]], change: dict, field: str, message: str, suffix: str
 ) -> None:
     good = [dict(r, context_window_text="t", context_window_text_with_labels="t") for r in rows_8k[:4]]
     bad = {k: v for k, v in dict(good[2], **change).items() if not (k == "answer" and v is None)}
     rows = [*good[:2], bad, good[3]]
-    if suffix == ".parquet" and field in ("context_len", "num_labels"):
-        pytest.skip("a parquet column has one type, so one wrong-typed cell cannot be written; JSONL covers it")
     path = oolong.write_rows(rows, tmp_path / f"bad{suffix}")
     with pytest.raises(DatasetError) as err:
         oolong.load(path)
