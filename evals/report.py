@@ -1,0 +1,314 @@
+"""Reports over a results file: the tables the papers print, cost, and a score plot.
+
+`render_report(results.jsonl)` reads the rows `evals.runner` wrote (the last row per
+(bench, task, method, model) wins, so a retried task replaces its earlier error) and builds:
+
+- a summary per method: tasks, errors, official score, lenient score, tokens, calls, seconds,
+  dollars per task and accuracy per dollar ("free (local)" for the offline model, "n/a" when a
+  price is unknown: never a division by zero);
+- OOLONG: score by context length, by task group and by window variant (labelled or not);
+- LongBench-v2: accuracy overall / easy / hard / short / medium / long;
+- a PNG plot of score against context length, one line per method.
+
+Scores are means of the official per-task scores, printed x100 with the number of tasks in
+parentheses, as in the papers' tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from evals.runner import ResultRow, load_results
+
+# The papers' column order for LongBench-v2.
+LONGBENCH_COLUMNS: tuple[tuple[str, Callable[[ResultRow], bool]], ...] = (
+    ("overall", lambda r: True),
+    ("easy", lambda r: r.difficulty == "easy"),
+    ("hard", lambda r: r.difficulty == "hard"),
+    ("short", lambda r: r.length == "short"),
+    ("medium", lambda r: r.length == "medium"),
+    ("long", lambda r: r.length == "long"),
+)
+OOLONG_BENCHES = ("oolong", "oolong-real")
+TASK_GROUP_ORDER = ("counting", "user", "timeline")
+
+
+@dataclass
+class ReportTable:
+    """One table, rendered identically to the terminal and to Markdown."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Report:
+    tables: list[ReportTable] = field(default_factory=list)
+    rows: list[ResultRow] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        parts: list[str] = []
+        for table in self.tables:
+            parts.append(f"### {table.title}\n")
+            parts.append("| " + " | ".join(table.columns) + " |")
+            parts.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.columns))) + "|")
+            for row in table.rows:
+                parts.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+            if table.caption:
+                parts.append(f"\n{table.caption}")
+            parts.append("")
+        return "\n".join(parts).rstrip() + "\n"
+
+    def print(self, console: Console) -> None:
+        for table in self.tables:
+            rich_table = RichTable(title=table.title, caption=table.caption or None, title_justify="left")
+            for i, column in enumerate(table.columns):
+                rich_table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i == 0)
+            for row in table.rows:
+                rich_table.add_row(*row)
+            console.print(rich_table)
+
+
+def render_report(
+    results_path: str | Path,
+    markdown: str | Path | None = None,
+    plot: str | Path | None = None,
+    console: Console | None = None,
+) -> Report:
+    """Build the report for `results_path`; print it to `console` when given, write Markdown
+    to `markdown` and a PNG to `plot` when given. Returns the tables."""
+    rows = load_results(results_path)
+    if not rows:
+        raise ValueError(f"{results_path}: no result rows; run `delm-rlm eval` first")
+    report = build_report(rows)
+    if console is not None:
+        report.print(console)
+    if markdown is not None:
+        path = Path(markdown)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# Results: {Path(results_path).name}\n\n" + report.markdown(), encoding="utf-8")
+    if plot is not None:
+        plot_scores(rows, plot)
+    return report
+
+
+def build_report(rows: Sequence[ResultRow]) -> Report:
+    report = Report(rows=list(rows))
+    methods = _ordered_methods(rows)
+    report.tables.append(summary_table(rows, methods))
+    oolong = [r for r in rows if r.bench in OOLONG_BENCHES]
+    if oolong:
+        lengths = sorted({r.context_len for r in oolong if r.context_len is not None})
+        if lengths:
+            report.tables.append(
+                _grouped_table(
+                    "OOLONG: score by context length",
+                    oolong,
+                    methods,
+                    [(_length_label(n), (lambda r, n=n: r.context_len == n)) for n in lengths]
+                    + [("all", lambda r: True)],
+                )
+            )
+        groups = sorted({r.task_group for r in oolong if r.task_group}, key=_group_key)
+        if groups:
+            report.tables.append(
+                _grouped_table(
+                    "OOLONG: score by task group",
+                    oolong,
+                    methods,
+                    [(g, (lambda r, g=g: r.task_group == g)) for g in groups],
+                )
+            )
+        variants = sorted({r.variant for r in oolong if r.variant})
+        if len(variants) > 1:
+            report.tables.append(
+                _grouped_table(
+                    "OOLONG: score by window variant",
+                    oolong,
+                    methods,
+                    [(v, (lambda r, v=v: r.variant == v)) for v in variants],
+                )
+            )
+    longbench = [r for r in rows if r.bench == "longbench"]
+    if longbench:
+        report.tables.append(
+            _grouped_table("LongBench-v2: accuracy", longbench, methods, list(LONGBENCH_COLUMNS))
+        )
+    return report
+
+
+def summary_table(rows: Sequence[ResultRow], methods: Sequence[str]) -> ReportTable:
+    columns = [
+        "method", "bench", "tasks", "errors", "score", "lenient", "tokens in/task",
+        "tokens out/task", "calls/task", "s/task", "$/task", "score per $",
+    ]
+    table_rows: list[list[str]] = []
+    benches = sorted({r.bench for r in rows})
+    for bench in benches:
+        for method in methods:
+            group = [r for r in rows if r.method == method and r.bench == bench]
+            if not group:
+                continue
+            n = len(group)
+            errors = sum(1 for r in group if r.status == "error")
+            mean_score = _mean(r.score for r in group)
+            lenient = [r.score_lenient for r in group if r.score_lenient is not None]
+            table_rows.append(
+                [
+                    method,
+                    bench,
+                    str(n),
+                    str(errors),
+                    _pct(mean_score),
+                    _pct(_mean(lenient)) if lenient else "-",
+                    f"{_mean(r.input_tokens for r in group):,.0f}",
+                    f"{_mean(r.output_tokens for r in group):,.0f}",
+                    f"{_mean(r.calls for r in group):.1f}",
+                    f"{_mean(r.seconds for r in group):.1f}",
+                    _dollars_per_task(group),
+                    _score_per_dollar(group, mean_score),
+                ]
+            )
+    return ReportTable(
+        title="Summary per method",
+        columns=columns,
+        rows=table_rows,
+        caption="score: mean official score x100 (errors count 0); lenient: the documented lenient "
+        "synth scorer, reported beside, never instead; score per $: score points per dollar per task.",
+    )
+
+
+def _grouped_table(
+    title: str,
+    rows: Sequence[ResultRow],
+    methods: Sequence[str],
+    columns: Sequence[tuple[str, Callable[[ResultRow], bool]]],
+) -> ReportTable:
+    table_rows: list[list[str]] = []
+    for method in methods:
+        mine = [r for r in rows if r.method == method]
+        if not mine:
+            continue
+        cells = [method]
+        for _, keep in columns:
+            picked = [r for r in mine if keep(r)]
+            cells.append(f"{_pct(_mean(r.score for r in picked))} ({len(picked)})" if picked else "-")
+        table_rows.append(cells)
+    return ReportTable(
+        title=title,
+        columns=["method", *[name for name, _ in columns]],
+        rows=table_rows,
+        caption="mean official score x100 (tasks)",
+    )
+
+
+def plot_scores(rows: Sequence[ResultRow], path: str | Path) -> Path:
+    """Score against context length, one line per method (OOLONG: nominal window tokens on a
+    log axis; LongBench-v2: its short / medium / long buckets)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here, and never pop a window from a CLI
+    import matplotlib.pyplot as plt
+
+    methods = _ordered_methods(rows)
+    oolong = [r for r in rows if r.bench in OOLONG_BENCHES and r.context_len is not None]
+    longbench = [r for r in rows if r.bench == "longbench"]
+    panels = [p for p in (("oolong", oolong), ("longbench", longbench)) if p[1]]
+    if not panels:  # e.g. OOLONG rows without a context length: plot per method instead
+        panels = [("all", list(rows))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, (kind, panel_rows) in zip(axes[0], panels):
+        for method in methods:
+            mine = [r for r in panel_rows if r.method == method]
+            if not mine:
+                continue
+            if kind == "oolong":
+                xs = sorted({r.context_len for r in mine if r.context_len is not None})
+                ys = [100 * _mean(r.score for r in mine if r.context_len == x) for x in xs]
+                ax.plot(xs, ys, marker="o", label=method)
+            elif kind == "longbench":
+                buckets = [b for b in ("short", "medium", "long") if any(r.length == b for r in mine)]
+                ys = [100 * _mean(r.score for r in mine if r.length == b) for b in buckets]
+                ax.plot(buckets, ys, marker="o", label=method)
+            else:
+                ax.bar(method, 100 * _mean(r.score for r in mine), label=method)
+        if kind == "oolong":
+            ax.set_xscale("log", base=2)
+            ticks = sorted({r.context_len for r in panel_rows if r.context_len is not None})
+            ax.set_xticks(ticks, [_length_label(t) for t in ticks])
+            ax.set_xlabel("context length (tokens, nominal)")
+            ax.set_title("OOLONG")
+        elif kind == "longbench":
+            ax.set_xlabel("LongBench-v2 length bucket")
+            ax.set_title("LongBench-v2")
+        ax.set_ylabel("score (x100)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _ordered_methods(rows: Iterable[ResultRow]) -> list[str]:
+    from evals.methods import METHOD_NAMES
+
+    present = {r.method for r in rows}
+    known = [m for m in METHOD_NAMES if m in present]
+    return known + sorted(present - set(known))
+
+
+def _dollars_per_task(group: Sequence[ResultRow]) -> str:
+    dollars = [r.dollars for r in group]
+    if any(d is None for d in dollars):
+        return "n/a"
+    mean = _mean(d for d in dollars if d is not None)
+    if mean == 0:
+        return _free_label(group)
+    return f"${mean:.4f}"
+
+
+def _score_per_dollar(group: Sequence[ResultRow], mean_score: float) -> str:
+    dollars = [r.dollars for r in group]
+    if any(d is None for d in dollars):
+        return "n/a (price unknown)"
+    mean = _mean(d for d in dollars if d is not None)
+    if mean == 0:
+        return _free_label(group)
+    return f"{100 * mean_score / mean:,.1f}"
+
+
+def _free_label(group: Sequence[ResultRow]) -> str:
+    return "free (local)" if all(r.model.startswith("local") for r in group) else "free"
+
+
+def _mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return sum(items) / len(items) if items else 0.0
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def _length_label(tokens: int) -> str:
+    if tokens >= 1024 * 1024 and tokens % (1024 * 1024) == 0:
+        return f"{tokens // (1024 * 1024)}M"
+    if tokens >= 1024 and tokens % 1024 == 0:
+        return f"{tokens // 1024}K"
+    return str(tokens)
+
+
+def _group_key(group: str) -> tuple[int, str]:
+    return (TASK_GROUP_ORDER.index(group) if group in TASK_GROUP_ORDER else len(TASK_GROUP_ORDER), group)
+
