@@ -150,7 +150,8 @@ def summary_table(rows: Sequence[ResultRow], methods: Sequence[str]) -> ReportTa
         "tokens out/task", "calls/task", "s/task", "$/task", "score per $",
     ]
     table_rows: list[list[str]] = []
-    benches = sorted({r.bench for r in rows})
+    order = (*OOLONG_BENCHES, "longbench")
+    benches = sorted({r.bench for r in rows}, key=lambda b: (order.index(b) if b in order else len(order), b))
     for bench in benches:
         for method in methods:
             group = [r for r in rows if r.method == method and r.bench == bench]
