@@ -67,6 +67,11 @@ answer["content"] = "your final answer"
 answer["ready"] = True
 ```"""
 
+KEY_ERROR_HINT = (
+    "(That name does not exist: print(df.columns) or a few lines, e.g. "
+    "print(context.splitlines()[5:8]), and copy the exact names.)"
+)
+
 RLM_STEP = "[{used} of {total} steps used]"
 RLM_LAST_STEP = "[{used} of {total} steps used: next is your last step, set answer now]"
 
@@ -146,6 +151,9 @@ def format_cell(result: ExecResult, limit: int, *, error_limit: int = 800) -> st
         )
     if result.error:
         parts.append("Error: " + brief_error(result.error, error_limit))
+        if result.error.startswith("KeyError"):
+            # Small models guess column or field names ("label" for "Label"); say how to look.
+            parts.append(KEY_ERROR_HINT)
     return "\n".join(parts) if parts else RLM_NO_OUTPUT
 
 
@@ -172,6 +180,30 @@ def _cut(line: str, width: int = 160) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
+def _cut_middle(line: str, width: int = 160) -> str:
+    """A long line with its middle cut out: structured lines often end with the field a
+    question is about ("... || Label: location"), so the tail is kept, not dropped."""
+    line = line.rstrip()
+    if len(line) <= width:
+        return line
+    tail = width // 3
+    return f"{line[: width - tail - 5]} ... {line[-tail:]}"
+
+
+def sample_lines(text: str, k: int = 3, *, width: int = 160) -> str:
+    """Up to k non-empty lines of `text`, evenly spread inside it (away from its edges, where
+    headers and footers sit), each indented and middle-cut: what the lines look like, so a
+    model can copy their exact wording into code."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "  (no non-empty lines)"
+    if len(lines) <= k:
+        picked = lines
+    else:
+        picked = [lines[len(lines) * (j + 1) // (k + 1)] for j in range(k)]
+    return "\n".join("  " + _cut_middle(line, width) for line in picked)
+
+
 def _samples(items: list[str], k: int) -> list[tuple[int, str]]:
     """Up to k (index, item) pairs: the first ones, then evenly spread ones."""
     if len(items) <= k:
@@ -195,7 +227,7 @@ def describe_context(context: Any, *, samples: int = 5) -> str:
     if isinstance(context, str):
         lines = context.splitlines()
         nonempty = [(i, line) for i, line in enumerate(lines) if line.strip()]
-        head = [f"  line {i}: {_cut(line)}" for i, line in (p for _, p in _samples(nonempty, samples))]
+        head = [f"  line {i}: {_cut_middle(line)}" for i, line in (p for _, p in _samples(nonempty, samples))]
         return (
             f"a str of {len(context):,} chars (~{len(context) // 4:,} tokens), "
             f"{len(lines):,} lines. docs = [context]; df has one row per line (column 'line'). "
@@ -253,15 +285,20 @@ add_task(goal, deps=[]) -> str  ask the team for more work; returns the new task
 TEAM_TASK = """\
 You are agent {agent} in a team. Your task {task_id}: {goal}
 Team question: {question}
-Your chunk: {chunk_desc}
+Your chunk: {chunk_desc}. Some of its lines:
+{chunk_lines}
 Verified gists so far:
 {gists}
 {retry}
-Find your chunk's result with code, share it with propose(), then finish. Example:
+Compute your chunk's result with code over `chunk`, share it with propose(), then finish. \
+In code, copy text exactly as the lines above write it (same case and words), even where \
+the question words it differently. Example: lines like \
+"Date: May 02 || Text: win cash now || Label: spam", question "How many lines are labelled \
+'spam'?":
 ```repl
-n = sum(1 for line in chunk.splitlines() if "spam" in line.lower())
-print(propose("partial", f"{{n}} lines mention spam", value=n,
-              check='print(sum(1 for line in chunk.splitlines() if "spam" in line.lower()))'))
+n = sum(1 for line in chunk.splitlines() if line.endswith("Label: spam"))
+print(propose("partial", f"{{n}} lines have Label: spam", value=n,
+              check='print(sum(1 for line in chunk.splitlines() if line.endswith("Label: spam")))'))
 answer["content"] = str(n)
 answer["ready"] = True
 ```"""
@@ -273,13 +310,15 @@ All team tasks are finished (round {round} of {rounds}). Team question: {questio
 Verified gists:
 {gists}
 {failed}
-Answer the team question from the verified gists. Combine their values with code, e.g.:
+Answer the team question from the verified gists: combine their values with code, and \
+write answer["content"] in the form the question asks for (e.g. "Answer: 12" when it asks \
+for 'Answer: number'). Example:
 ```repl
 parts = gists(kind="partial")
 for g in parts:
     print(g["id"], g["value"], g["text"])
 total = sum(g["value"] for g in parts)
-answer["content"] = str(total)
+answer["content"] = f"Answer: {{total}}"
 answer["ready"] = True
 ```
 {more}"""

@@ -591,6 +591,7 @@ class Team:
         message = prompts.TEAM_TASK.format(
             agent=state.agent_id, task_id=task.id, goal=task.goal, question=run.question,
             chunk_desc=self._chunk_desc(run, chunk),
+            chunk_lines=prompts.sample_lines(self._chunk_text(run, chunk)),
             gists=run.context.prompt_view(self.config.gist_tokens), retry=retry,
         )
         outcome = await self._rlm(run).loop(

@@ -408,6 +408,22 @@ def test_context_descriptions() -> None:
     assert "2 rows" in frame and "a (int64)" in frame and "b (" in frame
 
 
+def test_long_sample_lines_keep_their_tail() -> None:
+    """A structured line's last field (often what a question counts) survives the cut."""
+    line = "Date: May 02 || Text: " + "word " * 60 + "|| Label: numeric value"
+    shown = prompts.describe_context("header\n" + line + "\nfooter")
+    assert "|| Label: numeric value" in shown and "Date: May 02" in shown
+    assert max(len(ln) for ln in shown.splitlines()) < 200
+
+
+def test_sample_lines_spread_inside_the_text() -> None:
+    text = "\n".join(["HEADER"] + [f"row {i} || Label: x" for i in range(20)] + ["", "FOOTER"])
+    shown = prompts.sample_lines(text, 3).splitlines()
+    assert len(shown) == 3 and all(ln.startswith("  row ") for ln in shown)
+    assert prompts.sample_lines("a\n\nb", 3).splitlines() == ["  a", "  b"]
+    assert "no non-empty lines" in prompts.sample_lines("\n \n")
+
+
 def test_history_drops_the_oldest_steps_when_over_the_window() -> None:
     lm = ScriptedLM([], context_window=1000, max_tokens=100)  # room for ~2,700 chars
     rlm = RLM(lm)
@@ -423,3 +439,14 @@ def test_history_drops_the_oldest_steps_when_over_the_window() -> None:
     assert f"[{(len(history) - len(kept)) // 2} earlier step(s) omitted" in messages[1]["content"]
     # Under the window nothing is dropped, so the prompt prefix stays stable for the cache.
     assert rlm._messages("SYSTEM", "FIRST", history[:4], lm, "root")[2:] == history[:4]
+
+
+def test_a_key_error_says_how_to_find_the_real_names() -> None:
+    """A guessed column name ("label" for "Label") is answered with how to look, not just
+    the bare KeyError that small models then retry unchanged."""
+    from sandbox import ExecResult
+
+    shown = prompts.format_cell(ExecResult(error="KeyError: 'label'\nCell In[3], line 1\n----> 1 df['label']"), 2000)
+    assert shown.startswith("Error: KeyError: 'label'") and "print(df.columns)" in shown
+    other = prompts.format_cell(ExecResult(error="NameError: name 'x' is not defined"), 2000)
+    assert "df.columns" not in other

@@ -91,6 +91,27 @@ async def test_hybrid_team_end_to_end(tmp_path: Path) -> None:
         await Team(lm, agents=1, run_dir=tmp_path / "run").run(QUESTION, DOCS)
 
 
+async def test_hybrid_agent_prompt_shows_its_own_chunk_lines(tmp_path: Path) -> None:
+    """Each agent sees sample lines of its own chunk (to copy their exact wording into
+    code), never another chunk's; the finalizer is told to use the question's answer form."""
+    seen: dict[str, str] = {}
+
+    def script(messages: list[dict], role: str) -> str:
+        if role == "finalizer":
+            seen["final"] = messages[1]["content"]
+            return FINAL_CODE
+        first = messages[1]["content"]
+        lines = first.split("Some of its lines:\n", 1)[1].split("Verified gists", 1)[0]
+        seen[re.search(r"Your task (t\d+)", first).group(1)] = lines
+        return AGENT_CODE
+
+    result = await Team(ScriptedLM(script), agents=1, run_dir=tmp_path / "run").run(QUESTION, DOCS)
+    assert result.status == "answered", result.error
+    assert "  ham: report attached" in seen["t2"] and "spam: free cruise" not in seen["t2"]
+    assert "  spam: free cruise" in seen["t3"] and "ham: report attached" not in seen["t3"]
+    assert "in the form the question asks for" in seen["final"]
+
+
 # -- delm mode (no REPL) -------------------------------------------------------------------
 
 
