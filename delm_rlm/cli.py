@@ -166,7 +166,7 @@ async def _run_direct(lm: LM, question: str, corpus: Corpus, trace: Trace, budge
     """One call with the context middle-truncated to the window: the eval harness's `direct`."""
     from delm_rlm.lm import BudgetExceeded
     from delm_rlm.result import Result
-    from delm_rlm.rlm import _model_call_observer
+    from delm_rlm.trace import model_call_observer
     from evals.methods import Direct, MethodOptions
     from tasks.model import Task
 
@@ -178,7 +178,7 @@ async def _run_direct(lm: LM, question: str, corpus: Corpus, trace: Trace, budge
     else:
         context = corpus.value.to_csv(index=False)
     session = lm.session(budget)
-    session.on_call(_model_call_observer(trace))
+    session.on_call(model_call_observer(trace))
     trace.emit("run_started", question=question, method="direct", corpus=corpus.describe(),
                config={"model": lm.model_for("root"), "budget": budget.model_dump() if budget else None})
     started = time.monotonic()
@@ -497,7 +497,7 @@ def _check_local_model() -> tuple[bool, str]:
     except lm_mod.LocalModelUnavailable as exc:
         return False, str(exc)
     target = lm_mod.model_file_path(spec)
-    if lm_mod._is_verified(target, spec.sha256, spec.size):
+    if lm_mod.is_verified(target, spec.sha256, spec.size):
         return True, f"{spec.label}: {target} ({spec.size / 1e9:.2f} GB), SHA-256 verified"
     try:
         lm_mod.part_files(spec)

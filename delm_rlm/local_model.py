@@ -172,7 +172,7 @@ def _sidecar(target: Path) -> Path:
     return target.with_name(target.name + ".verified.json")
 
 
-def _is_verified(target: Path, sha256: str, size: int) -> bool:
+def is_verified(target: Path, sha256: str, size: int) -> bool:
     """The file is there and was verified as it is now (same size and mtime as recorded)."""
     try:
         st = target.stat()
@@ -228,10 +228,10 @@ def assemble(
     only if the SHA-256 matches, so a crash or a bad part never leaves a file that looks whole.
     """
     target = Path(target)
-    if _is_verified(target, sha256, size):
+    if is_verified(target, sha256, size):
         return target
     with _file_lock(target.with_name(target.name + ".lock")):
-        if _is_verified(target, sha256, size):  # another process finished meanwhile
+        if is_verified(target, sha256, size):  # another process finished meanwhile
             return target
         if target.is_file() and target.stat().st_size == size and sha256_file(target) == sha256:
             _mark_verified(target, sha256)
@@ -295,7 +295,7 @@ def model_file_path(spec: LocalModelSpec = QWEN_1_5B) -> Path:
 def ensure_model_file(spec: LocalModelSpec = QWEN_1_5B, progress: Callable[[int, int], None] | None = None) -> Path:
     """The verified GGUF file, assembled from the installed parts on first use."""
     target = model_file_path(spec)
-    if _is_verified(target, spec.sha256, spec.size):
+    if is_verified(target, spec.sha256, spec.size):
         return target  # parts need not even be installed any more
     return assemble(part_files(spec), target, size=spec.size, sha256=spec.sha256, progress=progress)
 

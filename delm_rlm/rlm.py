@@ -38,13 +38,12 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from delm_rlm import prompts
 from delm_rlm.codeblocks import close_open_fence, extract_code_blocks, strip_code_blocks
-from delm_rlm.lm import LM, Budget, BudgetExceeded, Completion, LMError
+from delm_rlm.lm import LM, Budget, BudgetExceeded, LMError
 from delm_rlm.result import FinishedBy, Result
-from delm_rlm.trace import Trace
+from delm_rlm.trace import Trace, model_call_observer
 from sandbox import SandboxError
 
 if TYPE_CHECKING:
-    import pandas as pd
 
     from sandbox import ExecResult, Sandbox
 
@@ -250,7 +249,7 @@ class RLM:
         trace = self.trace if self.trace is not None else Trace()
         first_event = len(trace.events)
         lm = self.lm.session(budget)
-        lm.on_call(_model_call_observer(trace))
+        lm.on_call(model_call_observer(trace))
         started = time.monotonic()
         trace.emit(
             "run_started",
@@ -645,21 +644,3 @@ def _tail(messages: list[dict[str, str]]) -> dict[str, str]:
     return {"prompt_tail": messages[-1]["content"][-500:]}
 
 
-def _model_call_observer(trace: Trace) -> Callable[[Completion, dict[str, Any]], None]:
-    def observe(completion: Completion, tags: dict[str, Any]) -> None:
-        trace.emit(
-            "model_call",
-            agent=tags.get("agent"),
-            task=tags.get("task"),
-            role=completion.role,
-            model=completion.model,
-            input_tokens=completion.input_tokens,
-            output_tokens=completion.output_tokens,
-            seconds=completion.seconds,
-            cached=completion.cached,
-            cost_usd=completion.cost_usd,
-            prompt=tags.get("prompt_tail", ""),
-            response=completion.text,
-        )
-
-    return observe

@@ -45,13 +45,13 @@ from delm_rlm import prompts
 from delm_rlm.chunking import Chunk, SplitBy, split_corpus
 from delm_rlm.context import SharedContext
 from delm_rlm.corpus import Corpus
-from delm_rlm.gists import Gist, GistKind, GistStatus, Provenance, QuoteEvidence
-from delm_rlm.lm import LM, Budget, BudgetExceeded, Completion, LMError
+from delm_rlm.gists import Gist, GistKind, GistStatus, Provenance
+from delm_rlm.lm import LM, Budget, BudgetExceeded, LMError
 from delm_rlm.queue import LeaseLost, Task, TaskQueue, TaskState
 from delm_rlm.result import Result
 from delm_rlm.rlm import RLM
 from delm_rlm.store import RunStore, utc_now_iso
-from delm_rlm.trace import Trace
+from delm_rlm.trace import Trace, model_call_observer
 from delm_rlm.verify import Verdict, Verifier
 
 TeamMode = Literal["hybrid", "delm"]
@@ -313,7 +313,7 @@ class Team:
         for subscriber in self.trace_subscribers:
             trace.subscribe(subscriber)
         run_lm = self.lm.session(cfg.budget)
-        run_lm.on_call(_model_call_observer(trace))
+        run_lm.on_call(model_call_observer(trace))
         docs = corpus.docs
         context = SharedContext(store, docs)
         queue = TaskQueue(store, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, trace=trace)
@@ -1065,21 +1065,3 @@ def _validation_message(exc: Exception) -> str:
     return str(exc)
 
 
-def _model_call_observer(trace: Trace) -> Callable[[Completion, dict[str, Any]], None]:
-    def observe(completion: Completion, tags: dict[str, Any]) -> None:
-        trace.emit(
-            "model_call",
-            agent=tags.get("agent"),
-            task=tags.get("task"),
-            role=completion.role,
-            model=completion.model,
-            input_tokens=completion.input_tokens,
-            output_tokens=completion.output_tokens,
-            seconds=completion.seconds,
-            cached=completion.cached,
-            cost_usd=completion.cost_usd,
-            prompt=tags.get("prompt_tail", ""),
-            response=completion.text,
-        )
-
-    return observe

@@ -163,5 +163,31 @@ def _jsonable(value: Any) -> Any:
         return str(value)
 
 
+def model_call_observer(trace: Trace) -> Callable[[Any, dict[str, Any]], None]:
+    """An `LM.on_call` observer that records every model call as a `model_call` event.
+
+    Takes any object with the gateway's `Completion` fields, so this module needs no import
+    of the gateway. Agents pass `agent`, `task` and `prompt_tail` in the call's tags.
+    """
+
+    def observe(completion: Any, tags: dict[str, Any]) -> None:
+        trace.emit(
+            "model_call",
+            agent=tags.get("agent"),
+            task=tags.get("task"),
+            role=completion.role,
+            model=completion.model,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            seconds=completion.seconds,
+            cached=completion.cached,
+            cost_usd=completion.cost_usd,
+            prompt=tags.get("prompt_tail", ""),
+            response=completion.text,
+        )
+
+    return observe
+
+
 def iter_kinds(events: Iterable[TraceEvent], *kinds: str) -> Iterable[TraceEvent]:
     return (e for e in events if e.kind in kinds)

@@ -110,7 +110,7 @@ def _local_model_missing() -> str | None:
     if importlib.util.find_spec("llama_cpp") is None:
         return "llama-cpp-python is not installed: pip install 'delm-rlm[local]'"
     try:
-        if not local_model._is_verified(local_model.model_file_path(), local_model.QWEN_1_5B.sha256, local_model.QWEN_1_5B.size):
+        if not local_model.is_verified(local_model.model_file_path(), local_model.QWEN_1_5B.sha256, local_model.QWEN_1_5B.size):
             local_model.part_files(local_model.QWEN_1_5B)
     except LocalModelUnavailable as e:
         return str(e)
