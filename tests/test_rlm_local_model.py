@@ -14,18 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tasks.pool import TREC_LABELS
+
 pytestmark = pytest.mark.local_model
 
 TREC = Path(__file__).resolve().parents[2] / "shared" / "data" / "trec" / "train_5500.label"
-# OOLONG's names for the TREC coarse labels.
-LABELS = {
-    "ABBR": "abbreviation",
-    "ENTY": "entity",
-    "DESC": "description and abstract concept",
-    "HUM": "human being",
-    "LOC": "location",
-    "NUM": "numeric value",
-}
+# OOLONG's names for the TREC coarse labels, in the pool's code order.
+LABELS = TREC_LABELS
 
 
 def oolong_window(n: int, seed: int) -> tuple[str, Counter[str]]:
