@@ -269,21 +269,27 @@ def _ordered_methods(rows: Iterable[ResultRow]) -> list[str]:
     return known + sorted(present - set(known))
 
 
-def _dollars_per_task(group: Sequence[ResultRow]) -> str:
+def _mean_dollars(group: Sequence[ResultRow]) -> float | None:
+    """Mean dollars per task, or None when any row's price is unknown."""
     dollars = [r.dollars for r in group]
     if any(d is None for d in dollars):
+        return None
+    return _mean(d for d in dollars if d is not None)
+
+
+def _dollars_per_task(group: Sequence[ResultRow]) -> str:
+    mean = _mean_dollars(group)
+    if mean is None:
         return "n/a"
-    mean = _mean(d for d in dollars if d is not None)
     if mean == 0:
         return _free_label(group)
     return f"${mean:.4f}"
 
 
 def _score_per_dollar(group: Sequence[ResultRow], mean_score: float) -> str:
-    dollars = [r.dollars for r in group]
-    if any(d is None for d in dollars):
+    mean = _mean_dollars(group)
+    if mean is None:
         return "n/a (price unknown)"
-    mean = _mean(d for d in dollars if d is not None)
     if mean == 0:
         return _free_label(group)
     return f"{100 * mean_score / mean:,.1f}"
