@@ -35,18 +35,20 @@ How to work:
 - Count, filter and compute with code. Use llm_query only to understand meaning.
 - Match text exactly as it appears in the sample lines (case matters).
 - Write one ```repl block, then stop and wait for its output. Never guess outputs.
-- To finish, set the answer in code:
+- To finish, set the answer in code, in the form the question asks for:
   answer["content"] = "your final answer"
   answer["ready"] = True
 
-Example. Question: How many orders came from Oslo?
+Example. Question: Which city has the most orders? Answer in the form 'City: name'.
 Sample line: "id: 7 | city: Oslo | total: 12"
 ```repl
-n = sum(1 for line in context.splitlines() if "city: Oslo" in line)
-print(n)
-answer["content"] = str(n)
+from collections import Counter
+counts = Counter(line.split("city: ")[1].split(" |")[0] for line in context.splitlines() if "city: " in line)
+print(counts.most_common())
+answer["content"] = f"City: {{counts.most_common(1)[0][0]}}"
 answer["ready"] = True
-```"""
+```
+(For "How many orders came from Oslo?" the same counts give counts["Oslo"].)"""
 
 RLM_FIRST = """\
 Context: {description}
@@ -291,36 +293,45 @@ Verified gists so far:
 {gists}
 {retry}
 Compute your chunk's result with code over `chunk`, share it with propose(), then finish. \
-In code, copy text exactly as the lines above write it (same case and words), even where \
-the question words it differently. Example: lines like \
-"Date: May 02 || Text: win cash now || Label: spam", question "How many lines are labelled \
-'spam'?":
+For a question that counts or compares things, share the count of every value of the field \
+it is about (a dict), so the team can add chunks up. In code, copy text exactly as the lines \
+above write it (same case and words), even where the question words it differently. If the \
+lines lack the field, ask llm_query_batched about groups of lines and count its replies. \
+Example: lines like "Date: May 02 || Text: win cash now || Label: spam", question "Which \
+label is most common?" or "How many lines are labelled 'spam'?":
 ```repl
-n = sum(1 for line in chunk.splitlines() if line.endswith("Label: spam"))
-print(propose("partial", f"{{n}} lines have Label: spam", value=n,
-              check='print(sum(1 for line in chunk.splitlines() if line.endswith("Label: spam")))'))
-answer["content"] = str(n)
+check = '''
+from collections import Counter
+counts = Counter(line.split("Label: ")[-1].strip() for line in chunk.splitlines() if "Label: " in line)
+print(dict(counts))
+'''
+exec(check)
+print(propose("partial", f"count per Label in my chunk: {{dict(counts)}}", value=dict(counts), check=check))
+answer["content"] = str(dict(counts))
 answer["ready"] = True
 ```"""
 
 TEAM_RETRY = "A previous attempt at this task was rejected: {reason}\nDo not repeat that mistake.\n"
 
 TEAM_FINALIZE = """\
-All team tasks are finished (round {round} of {rounds}). Team question: {question}
+All team tasks are finished (round {round} of {rounds}).
 Verified gists:
 {gists}
 {failed}
-Answer the team question from the verified gists: combine their values with code, and \
-write answer["content"] in the form the question asks for (e.g. "Answer: 12" when it asks \
-for 'Answer: number'). Example:
+Combine the gists' values with code. For partials that are counts per label, add them up:
 ```repl
-parts = gists(kind="partial")
-for g in parts:
-    print(g["id"], g["value"], g["text"])
-total = sum(g["value"] for g in parts)
-answer["content"] = f"Answer: {{total}}"
-answer["ready"] = True
+from collections import Counter
+total = Counter()
+for g in gists(kind="partial"):
+    total.update(g["value"] if isinstance(g["value"], dict) else {{"value": g["value"]}})
+print(total.most_common())
 ```
+Then set answer["content"] from `total`, in the exact form the question asks for. For \
+example, for "which label is most common? ... 'Label: answer'": \
+answer["content"] = f"Label: {{total.most_common(1)[0][0]}}"; for "how many are labelled \
+'spam'? ... 'Answer: number'": answer["content"] = f"Answer: {{total['spam']}}"; least \
+common: total.most_common()[-1][0]; plain numbers per chunk: total["value"].
+Team question: {question}
 {more}"""
 
 TEAM_FINALIZE_MORE = (

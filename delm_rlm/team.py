@@ -26,13 +26,14 @@ to the queue, proposals left unverified are rejected as interrupted.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,7 +50,7 @@ from delm_rlm.gists import Gist, GistKind, GistStatus, Provenance
 from delm_rlm.lm import LM, Budget, BudgetExceeded, LMError
 from delm_rlm.queue import LeaseLost, Task, TaskQueue, TaskState
 from delm_rlm.result import Result
-from delm_rlm.rlm import RLM
+from delm_rlm.rlm import RLM, Cell
 from delm_rlm.store import RunStore, utc_now_iso
 from delm_rlm.trace import Trace, model_call_observer
 from delm_rlm.verify import Verdict, Verifier
@@ -114,6 +115,7 @@ class _AgentState:
     verdicts: list[Verdict] = field(default_factory=list)
     added_tasks: list[str] = field(default_factory=list)
     read_ids: list[str] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)  # the current task's cells (hybrid)
 
 
 @dataclass
@@ -540,6 +542,7 @@ class Team:
         state.task = task
         state.chunk = run.chunks.get(task.id)
         state.verdicts = []
+        state.cells = []
         state.finalizing = False
         renewer = asyncio.create_task(self._renew_lease(run, task, state.agent_id))
         try:
@@ -603,6 +606,7 @@ class Team:
             raise outcome.exceeded
         if outcome.status == "error":
             return outcome.answer, outcome.error or "the agent stopped with an error"
+        state.cells = outcome.cells
         return outcome.answer, None
 
     def _rlm(self, run: _Run) -> RLM:
@@ -612,19 +616,31 @@ class Team:
         )
 
     async def _propose_answer(self, run: _Run, state: _AgentState, task: Task, answer: str) -> Verdict:
-        """An answer with no proposal becomes a PARTIAL gist, judged against the chunk."""
+        """An answer with no proposal becomes a PARTIAL gist. When the agent computed it in
+        code that needs no team tools, that code is the check: the verifier replays it in a
+        fresh REPL and the answer must come out again. Otherwise the gist is judged against
+        the chunk (small models often set the answer and skip propose(); a judge cannot
+        confirm a computed count from quotes, a replay can)."""
         text = " ".join(str(answer).split())
         value: Any = _answer_value(text)
+        # A multi-line answer would print over several lines and never match its one-line value.
+        check = replay_check(state.cells) if "\n" not in str(answer).strip() else None
         shown = text if len(text) <= 240 else text[:237] + "..."
         gist = Gist(
             kind=GistKind.PARTIAL,
             text=f"{task.id}: {shown}",
             summary=text[:4000] if len(text) > 240 else None,
             value=value,
+            check=check,
             provenance=self._provenance(run, state),
         )
+        chunk = state.chunk
+        check_vars = (
+            {"chunk_doc": chunk.doc, "chunk_start": chunk.start, "chunk_end": chunk.end}
+            if check is not None and chunk is not None else None
+        )
         return await run.verifier.verify(
-            gist, source=self._chunk_text(run, state.chunk), require_check=False
+            gist, source=self._chunk_text(run, chunk), check_vars=check_vars, require_check=False
         )
 
     def _provenance(self, run: _Run, state: _AgentState) -> Provenance:
@@ -1019,9 +1035,44 @@ def _locate_quote(docs: list[str], chunk: Chunk | None, quote: str, doc: Any = N
     return {"type": "quote", "doc": d, "start": 0, "end": len(docs[d]) if docs else 0, "quote": quote}
 
 
+# Names that exist only in an agent's REPL (the team's tools and the sub-model calls): code
+# using them cannot be replayed in the verifier's fresh REPL.
+_AGENT_ONLY_NAMES = frozenset(
+    {"propose", "add_task", "gists", "unfold", "llm_query", "llm_query_batched", "rlm_query"}
+)
+
+
+def replay_check(cells: Sequence[Cell]) -> str | None:
+    """A check that replays an agent's cells and prints the answer they set, or None when
+    the cells cannot run without the agent's REPL (a team tool or a sub-model call, or no
+    cell ran cleanly). Failed cells are left out: they changed nothing the answer used, or
+    the answer would not have been set."""
+    codes = [c.code for c in cells if c.error is None and not c.timed_out and c.code.strip()]
+    if not codes:
+        return None
+    for code in codes:
+        try:
+            tree = ast.parse(code)
+        except SyntaxError:
+            return None
+        if any(isinstance(n, ast.Name) and n.id in _AGENT_ONLY_NAMES for n in ast.walk(tree)):
+            return None
+    return "\n".join(
+        ['answer = {"content": None, "ready": False}', *codes, 'print(answer["content"])']
+    )
+
+
 def _answer_value(text: str) -> Any:
-    """The value of a plain answer: a number when it is one ("12", "3.5"), else the text."""
+    """The value of a plain answer: a number when it is one ("12", "3.5"), a dict or list
+    when it is one written as a literal ("{'spam': 3}"), else the text."""
     s = text.strip().rstrip(".")
+    if s[:1] in "{[":
+        try:
+            parsed = ast.literal_eval(s)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            parsed = None
+        if isinstance(parsed, (dict, list)):
+            return parsed
     try:
         return int(s.replace(",", ""))
     except ValueError:

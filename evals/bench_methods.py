@@ -43,10 +43,13 @@ PREFERRED = (
 )
 
 
-def pick_questions(rows: Sequence[dict], n: int) -> list[dict]:
-    """`n` rows of one window, spread over task groups and types (deterministic)."""
+def pick_questions(rows: Sequence[dict], n: int, start: int = 0) -> list[dict]:
+    """`n` rows of one window, spread over task groups and types (deterministic). `start`
+    rotates the preferred order, so that with one question per window successive windows
+    ask different types instead of all asking the first."""
     picked: list[dict] = []
-    for group, task in PREFERRED:
+    k = start % len(PREFERRED)
+    for group, task in PREFERRED[k:] + PREFERRED[:k]:
         for row in rows:
             if row["task_group"] == group and row["task"] == task and row not in picked:
                 picked.append(row)
@@ -70,7 +73,8 @@ def oolong_tasks(pool: Path, sizes: Sequence[int], windows: int, questions: int,
         by_window: dict[int, list[dict]] = {}
         for row in rows:
             by_window.setdefault(row["context_window_id"], []).append(row)
-        chosen = [r for window_rows in by_window.values() for r in pick_questions(window_rows, questions)]
+        chosen = [r for i, window_rows in enumerate(by_window.values())
+                  for r in pick_questions(window_rows, questions, start=i)]
         tasks += load(chosen)
         if labelled:
             tasks += load(chosen, labels=True)

@@ -109,7 +109,65 @@ async def test_hybrid_agent_prompt_shows_its_own_chunk_lines(tmp_path: Path) -> 
     assert result.status == "answered", result.error
     assert "  ham: report attached" in seen["t2"] and "spam: free cruise" not in seen["t2"]
     assert "  spam: free cruise" in seen["t3"] and "ham: report attached" not in seen["t3"]
-    assert "in the form the question asks for" in seen["final"]
+    assert "in the exact form the question asks for" in seen["final"]
+
+
+async def test_an_answer_set_without_propose_is_verified_by_replaying_the_agents_code(tmp_path: Path) -> None:
+    """Small models often set the answer and skip propose(). The team replays the agent's
+    own cells in the verifier's fresh REPL: a dict of counts computed in code is admitted
+    with code evidence (no judge), while code that used a sub-model call cannot be replayed
+    and goes to the judge, which here rejects it."""
+    counts_code = """```repl
+from collections import Counter
+counts = Counter(line.split(":")[0] for line in chunk.splitlines() if ":" in line)
+print(dict(counts))
+answer["content"] = str(dict(counts))
+answer["ready"] = True
+```"""
+    sub_model_code = """```repl
+n = int(llm_query("how many spam lines? " + chunk) or 0)
+answer["content"] = str(n)
+answer["ready"] = True
+```"""
+    final_code = """```repl
+from collections import Counter
+total = Counter()
+for g in gists(kind="partial"):
+    total.update(g["value"])
+answer["content"] = f"Answer: {total['spam']}"
+answer["ready"] = True
+```"""
+    judged: list[str] = []
+
+    def script(messages: list[dict], role: str) -> str:
+        if role == "finalizer":
+            return final_code
+        if role == "verifier":
+            judged.append(messages[-1]["content"])
+            return "REJECT: the data does not show the count"
+        if role == "sub":
+            return "2"
+        return counts_code
+
+    result = await Team(ScriptedLM(script), agents=2, run_dir=tmp_path / "run").run(QUESTION, DOCS)
+    assert result.status == "answered", result.error
+    assert result.answer == f"Answer: {TRUE_COUNT}"
+    partials = RunStore(result.store_path).list_gists(status="admitted", kinds="partial")
+    expected = [
+        dict(__import__("collections").Counter(line.split(":")[0] for line in d.splitlines())) for d in DOCS
+    ]
+    assert sorted(map(json.dumps, (g.value for g in partials))) == sorted(map(json.dumps, expected))
+    assert all(g.evidence and g.evidence[-1].type == "code" for g in partials)
+    assert judged == []
+
+    def sub_script(messages: list[dict], role: str) -> str:
+        return script(messages, role) if role in {"verifier", "finalizer"} else (
+            "2" if role != "root" else sub_model_code)
+
+    team = Team(ScriptedLM(sub_script), agents=1, max_attempts=1, run_dir=tmp_path / "sub")
+    result = await team.run(QUESTION, DOCS[:1])
+    assert judged, "an answer computed with a sub-model call must go to the judge"
+    assert RunStore(result.store_path).list_gists(status="admitted", kinds="partial") == []
 
 
 # -- delm mode (no REPL) -------------------------------------------------------------------
