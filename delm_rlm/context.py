@@ -13,8 +13,6 @@ English text and code for a budget, and free to compute.
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +25,9 @@ from delm_rlm.gists import (
     GistKind,
     GistStatus,
     QuoteEvidence,
+    dedupe_key,
+    normalize_text,
+    text_numbers,
 )
 from delm_rlm.store import RunStore
 
@@ -37,22 +38,6 @@ _LEVELS = {0: "text", 1: "summary", 2: "raw evidence"}
 def estimate_tokens(text: str) -> int:
     """ceil(chars / 4): the prompt view's token estimate."""
     return math.ceil(len(text) / 4)
-
-
-def normalize_text(text: str) -> str:
-    """Case-, whitespace- and punctuation-insensitive form used for duplicate detection."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = re.sub(r"[^\w\s.]", " ", text)  # keep '.' inside numbers like 3.5
-    text = re.sub(r"\.(?!\d)", " ", text)
-    return " ".join(text.split())
-
-
-def _tokens(text: str) -> set[str]:
-    return set(normalize_text(text).split())
-
-
-def _numbers(text: str) -> set[str]:
-    return {t for t in _tokens(text) if any(c.isdigit() for c in t)}
 
 
 def values_equal(a: Any, b: Any, tolerance: float = 0.0) -> bool:
@@ -165,8 +150,12 @@ class SharedContext:
         merges into 'chunk 4'). None when there is no such gist."""
         norm = normalize_text(gist.text)
         tokens = set(norm.split())
-        numbers = _numbers(gist.text)
-        for other in self.store.list_gists(status=GistStatus.ADMITTED, kinds=gist.kind):
+        numbers = text_numbers(gist.text)
+        # Only gists with the same kind and text numbers can match: an indexed lookup.
+        candidates = self.store.list_gists(
+            status=GistStatus.ADMITTED, kinds=gist.kind, dedupe_key=dedupe_key(gist.kind, gist.text)
+        )
+        for other in candidates:
             if other.id == gist.id:
                 continue
             if not values_equal(gist.value, other.value, max(gist.tolerance, other.tolerance)):
@@ -177,7 +166,7 @@ class SharedContext:
             other_tokens = set(other_norm.split())
             union = tokens | other_tokens
             jaccard = len(tokens & other_tokens) / len(union) if union else 1.0
-            if jaccard >= NEAR_DUPLICATE_JACCARD and _numbers(other.text) == numbers:
+            if jaccard >= NEAR_DUPLICATE_JACCARD and text_numbers(other.text) == numbers:
                 return other
         return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal
@@ -40,6 +41,26 @@ KIND_PRIORITY: tuple[GistKind, ...] = (
     GistKind.EVIDENCE,
     GistKind.QUESTION,
 )
+
+
+def normalize_text(text: str) -> str:
+    """Case-, whitespace- and punctuation-insensitive form used for duplicate detection."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = re.sub(r"[^\w\s.]", " ", text)  # keep '.' inside numbers like 3.5
+    text = re.sub(r"\.(?!\d)", " ", text)
+    return " ".join(text.split())
+
+
+def text_numbers(text: str) -> set[str]:
+    """The number-bearing words of a text, normalized ('chunk 3' -> {'3'})."""
+    return {t for t in normalize_text(text).split() if any(c.isdigit() for c in t)}
+
+
+def dedupe_key(kind: GistKind | str, text: str) -> str:
+    """What two gists must share to be duplicates: their kind and the numbers in their text
+    (duplicates are exact or near matches with the same numbers). The store indexes it, so
+    finding a gist's duplicate reads a few candidates instead of every admitted gist."""
+    return f"{parse_kind(kind).value}|{' '.join(sorted(text_numbers(text)))}"
 
 
 def parse_kind(value: GistKind | str) -> GistKind:

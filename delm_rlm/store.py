@@ -29,9 +29,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from delm_rlm.gists import Gist, GistKind, GistStatus, parse_kind
+from delm_rlm.gists import Gist, GistKind, GistStatus, dedupe_key, parse_kind
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: gists.dedupe_key (indexed duplicate candidates)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -47,9 +47,11 @@ CREATE TABLE IF NOT EXISTS gists (
     id     TEXT NOT NULL UNIQUE,
     kind   TEXT NOT NULL,
     status TEXT NOT NULL,
-    data   TEXT NOT NULL              -- the whole Gist as JSON
+    data   TEXT NOT NULL,             -- the whole Gist as JSON
+    dedupe_key TEXT NOT NULL DEFAULT ''  -- gists.dedupe_key(kind, text)
 );
 CREATE INDEX IF NOT EXISTS gists_status_kind ON gists(status, kind);
+CREATE INDEX IF NOT EXISTS gists_dedupe ON gists(status, dedupe_key);
 CREATE TABLE IF NOT EXISTS tasks (
     seq           INTEGER PRIMARY KEY,
     id            TEXT NOT NULL UNIQUE,
@@ -124,8 +126,9 @@ class Tx:
         gid = self.next_id("g")
         stored = gist.model_copy(update={"id": gid})
         self.conn.execute(
-            "INSERT INTO gists(seq, id, kind, status, data) VALUES (?, ?, ?, ?, ?)",
-            (int(gid[1:]), gid, stored.kind.value, stored.status.value, stored.model_dump_json()),
+            "INSERT INTO gists(seq, id, kind, status, data, dedupe_key) VALUES (?, ?, ?, ?, ?, ?)",
+            (int(gid[1:]), gid, stored.kind.value, stored.status.value, stored.model_dump_json(),
+             dedupe_key(stored.kind, stored.text)),
         )
         return stored
 
@@ -143,8 +146,9 @@ class Tx:
         merged.update(changes)
         updated = Gist.model_validate(merged)  # re-validates the whole gist
         self.conn.execute(
-            "UPDATE gists SET kind = ?, status = ?, data = ? WHERE id = ?",
-            (updated.kind.value, updated.status.value, updated.model_dump_json(), gist_id),
+            "UPDATE gists SET kind = ?, status = ?, data = ?, dedupe_key = ? WHERE id = ?",
+            (updated.kind.value, updated.status.value, updated.model_dump_json(),
+             dedupe_key(updated.kind, updated.text), gist_id),
         )
         return updated
 
@@ -152,6 +156,7 @@ class Tx:
         self,
         status: GistStatus | str | Iterable[GistStatus | str] | None = None,
         kinds: GistKind | str | Iterable[GistKind | str] | None = None,
+        dedupe_key: str | None = None,
     ) -> list[Gist]:
         sql = "SELECT data FROM gists"
         where: list[str] = []
@@ -164,6 +169,9 @@ class Tx:
             values = [parse_kind(k).value for k in _as_list(kinds)]
             where.append(f"kind IN ({','.join('?' * len(values))})")
             args += values
+        if dedupe_key is not None:
+            where.append("dedupe_key = ?")
+            args.append(dedupe_key)
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq"
@@ -324,6 +332,23 @@ class RunStore:
                 self._write_meta(
                     tx, {"schema_version": SCHEMA_VERSION, "created_at": utc_now_iso()}
                 )
+            elif version == 1:
+                self._migrate_v1(tx)
+
+    @staticmethod
+    def _migrate_v1(tx: Tx) -> None:
+        """v1 -> v2: add and fill the indexed duplicate key, so runs stored by an older
+        delm-rlm resume with every gist findable as a duplicate."""
+        tx.conn.execute("ALTER TABLE gists ADD COLUMN dedupe_key TEXT NOT NULL DEFAULT ''")
+        rows = tx.conn.execute("SELECT id, data FROM gists").fetchall()
+        for gist_id, data in rows:
+            gist = Gist.model_validate_json(data)
+            tx.conn.execute(
+                "UPDATE gists SET dedupe_key = ? WHERE id = ?", (dedupe_key(gist.kind, gist.text), gist_id)
+            )
+        tx.conn.execute("CREATE INDEX IF NOT EXISTS gists_dedupe ON gists(status, dedupe_key)")
+        tx.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        RunStore._write_meta(tx, {"schema_version": SCHEMA_VERSION})
 
     def close(self) -> None:
         with self._lock:
@@ -397,10 +422,12 @@ class RunStore:
         self,
         status: GistStatus | str | Iterable[GistStatus | str] | None = None,
         kinds: GistKind | str | Iterable[GistKind | str] | None = None,
+        dedupe_key: str | None = None,
     ) -> list[Gist]:
-        """Gists in id order, optionally filtered by status(es) and kind(s)."""
+        """Gists in id order, optionally filtered by status(es), kind(s) and duplicate key
+        (`delm_rlm.gists.dedupe_key`)."""
         with self.reading() as tx:
-            return tx.list_gists(status, kinds)
+            return tx.list_gists(status, kinds, dedupe_key)
 
 
 def _current_task() -> object | None:

@@ -6,8 +6,20 @@ from pathlib import Path
 
 import pytest
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from delm_rlm.context import SharedContext, estimate_tokens, values_equal
-from delm_rlm.gists import CodeEvidence, Gist, GistKind, GistStatus, Provenance, QuoteEvidence
+from delm_rlm.gists import (
+    CodeEvidence,
+    Gist,
+    GistKind,
+    GistStatus,
+    Provenance,
+    QuoteEvidence,
+    normalize_text,
+    text_numbers,
+)
 from delm_rlm.store import NotFound, RunStore
 
 DOCS = [
@@ -165,6 +177,46 @@ def test_find_duplicate(ctx: SharedContext) -> None:
     assert dup("Chunk 3 contains 12 lines labelled spam, counted by code over the label column", kind="fact") is None
     assert dup("The corpus has 4 documents", kind="fact", value=4) == "g2"
     assert dup("chunk 3 has 99 lines", value=99) is None
+
+
+_WORDS = st.sampled_from(["chunk", "Chunk", "3", "4", "12", "spam", "lines", "labelled", "the", "has", "doc", "3.5"])
+_GISTS = st.lists(
+    st.tuples(
+        st.sampled_from(["partial", "fact"]),
+        st.lists(_WORDS, min_size=1, max_size=8).map(" ".join),
+        st.sampled_from([None, 3, 12, 12.0]),
+        st.booleans(),  # admitted (else left pending)
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(stored=_GISTS, probe=_GISTS.filter(bool))
+def test_find_duplicate_by_index_equals_a_scan_of_every_admitted_gist(tmp_path_factory, stored, probe) -> None:
+    """The indexed lookup (kind + numbers in the text) finds exactly what comparing the
+    probe with every admitted gist would: the index only skips gists that cannot match."""
+    ctx = SharedContext(RunStore(tmp_path_factory.mktemp("dup") / "run.sqlite"))
+    for kind, text, value, admitted in stored:
+        gist = Gist(kind=kind, text=text, value=value)
+        ctx.record(gist) if admitted else ctx.add_pending(gist)
+
+    def scan(gist: Gist) -> str | None:
+        norm = normalize_text(gist.text)
+        for other in ctx.store.list_gists(status="admitted", kinds=gist.kind):
+            if not values_equal(gist.value, other.value):
+                continue
+            other_norm = normalize_text(other.text)
+            a, b = set(norm.split()), set(other_norm.split())
+            near = len(a & b) / len(a | b) >= 0.9 if a | b else True
+            if other_norm == norm or (near and text_numbers(other.text) == text_numbers(gist.text)):
+                return other.id
+        return None
+
+    for kind, text, value, _ in probe:
+        gist = Gist(kind=kind, text=text, value=value)
+        found = ctx.find_duplicate(gist)
+        assert (found.id if found else None) == scan(gist)
 
 
 def test_values_equal() -> None:

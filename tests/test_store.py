@@ -105,6 +105,32 @@ def test_not_a_run_store_is_refused(tmp_path: Path) -> None:
         RunStore(newer)
 
 
+def test_a_v1_store_is_migrated_and_its_gists_are_found_as_duplicates(tmp_path: Path) -> None:
+    """Runs stored before the duplicate index (schema v1) open, keep every gist, and their
+    admitted gists are found as duplicates of new proposals (what a resumed run needs)."""
+    path = tmp_path / "v1.sqlite"
+    store = RunStore(path)
+    ctx = SharedContext(store)
+    kept = ctx.record(Gist(kind="partial", text="chunk 2 has 7 spam lines", value=7))
+    ctx.add_pending(Gist(kind="fact", text="doc 1 is a letter"))
+    store.close()
+    conn = sqlite3.connect(path)  # rewrite the file as v1 wrote it: no dedupe_key column
+    conn.execute("DROP INDEX gists_dedupe")
+    conn.execute("ALTER TABLE gists DROP COLUMN dedupe_key")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    reopened = RunStore(path)
+    assert reopened.meta().schema_version == SCHEMA_VERSION
+    assert [g.text for g in reopened.list_gists()] == ["chunk 2 has 7 spam lines", "doc 1 is a letter"]
+    found = SharedContext(reopened).find_duplicate(Gist(kind="partial", text="Chunk 2 has 7 SPAM lines.", value=7))
+    assert found is not None and found.id == kept.id
+    raw = sqlite3.connect(path)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert "gists_dedupe" in {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+
+
 def test_exception_inside_a_multi_write_transaction_leaves_nothing(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "r.sqlite")
     ctx = SharedContext(store)
