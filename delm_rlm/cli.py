@@ -166,7 +166,7 @@ async def _run_direct(lm: LM, question: str, corpus: Corpus, trace: Trace, budge
     """One call with the context middle-truncated to the window: the eval harness's `direct`."""
     from delm_rlm.lm import BudgetExceeded
     from delm_rlm.result import Result
-    from delm_rlm.trace import model_call_observer
+    from delm_rlm.trace import observe_model_calls
     from evals.methods import Direct, MethodOptions
     from tasks.model import Task
 
@@ -178,7 +178,7 @@ async def _run_direct(lm: LM, question: str, corpus: Corpus, trace: Trace, budge
     else:
         context = corpus.value.to_csv(index=False)
     session = lm.session(budget)
-    session.on_call(model_call_observer(trace))
+    observe_model_calls(session, trace)
     trace.emit("run_started", question=question, method="direct", corpus=corpus.describe(),
                config={"model": lm.model_for("root"), "budget": budget.model_dump() if budget else None})
     started = time.monotonic()

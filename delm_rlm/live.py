@@ -153,6 +153,10 @@ class LiveState:
                 f"{int(d.get('output_tokens') or 0):,} out tokens, {float(d.get('seconds') or 0):.1f}s"
                 + (" (cached)" if d.get("cached") else "")
             )
+        if kind == "model_call_failed":
+            if agent:
+                agent.action = f"{d.get('role', 'model')} call failed"
+            return f"{who} {d.get('role', 'model')} call failed: {_clip(str(d.get('error', '')), 160)}"
         if kind == "gist_proposed":
             gist = d.get("gist") or {}
             line = GistLine(gist.get("id"), str(gist.get("kind", "?")), str(gist.get("text", "")))

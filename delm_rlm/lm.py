@@ -93,6 +93,16 @@ class Usage(BaseModel):
         )
 
 
+class CallFailure(BaseModel):
+    """One call that reached the model's endpoint and failed for good (after retries):
+    what `on_failure` observers get, so traces show failed calls too."""
+
+    role: str
+    model: str
+    error: str
+    seconds: float = 0.0
+
+
 class Completion(BaseModel):
     """One answered call. Cached completions report the original token counts, zero seconds
     and zero cost."""
@@ -482,6 +492,7 @@ class LM:
         self._budget = budget or Budget()
         self._ledger = UsageLedger()
         self._observers: list[Callable[[Completion, dict], None]] = []
+        self._failure_observers: list[Callable[[CallFailure, dict], None]] = []
         self._started = time.monotonic()
         self._pending = 0  # calls of this view (and its sessions) in flight
 
@@ -500,6 +511,7 @@ class LM:
         child._budget = budget or Budget()
         child._ledger = UsageLedger()
         child._observers = []
+        child._failure_observers = []
         child._started = time.monotonic()
         child._pending = 0
         return child
@@ -524,6 +536,12 @@ class LM:
         """Call `callback(completion, tags)` after every answered call of this view and of the
         sessions made from it."""
         self._observers.append(callback)
+
+    def on_failure(self, callback: Callable[[CallFailure, dict], None]) -> None:
+        """Call `callback(failure, tags)` after every call of this view and of its sessions
+        that reached the endpoint and failed for good. An observer that raises is ignored:
+        the caller must see the call's own error."""
+        self._failure_observers.append(callback)
 
     def remaining(self) -> Budget:
         """What is left of this view's budget, also bounded by what its parents have left
@@ -620,8 +638,14 @@ class LM:
                 view._pending += 1
         attempt = _Attempt()
         completion: Completion | None = None
+        started = time.monotonic()
+        tag_dict = dict(tags or {})
+        failed: BaseException | None = None
         try:
             completion = await self._call(transport, request, price, attempt)
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
             # Recording and releasing the reservation together keep every view's count exact.
             with _RESERVE_LOCK:
@@ -631,8 +655,16 @@ class LM:
                     elif attempt.reached_transport:
                         view._ledger.record_failure(role, model)
                     view._pending -= 1
+            if completion is None and attempt.reached_transport and isinstance(failed, Exception):
+                failure = CallFailure(role=role, model=model, error=f"{type(failed).__name__}: {failed}",
+                                      seconds=round(time.monotonic() - started, 3))
+                for view in chain:
+                    for failure_observer in list(view._failure_observers):
+                        try:
+                            failure_observer(failure, tag_dict)
+                        except Exception:  # noqa: S112 - an observer must not replace the call's error
+                            continue
         assert completion is not None
-        tag_dict = dict(tags or {})
         for view in chain:
             for observer in list(view._observers):
                 observer(completion, tag_dict)

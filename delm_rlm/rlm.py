@@ -40,7 +40,7 @@ from delm_rlm import prompts
 from delm_rlm.codeblocks import close_open_fence, extract_code_blocks, strip_code_blocks
 from delm_rlm.lm import LM, Budget, BudgetExceeded, LMError
 from delm_rlm.result import FinishedBy, Result
-from delm_rlm.trace import Trace, model_call_observer
+from delm_rlm.trace import Trace, observe_model_calls
 from sandbox import SandboxError
 
 if TYPE_CHECKING:
@@ -249,7 +249,7 @@ class RLM:
         trace = self.trace if self.trace is not None else Trace()
         first_event = len(trace.events)
         lm = self.lm.session(budget)
-        lm.on_call(model_call_observer(trace))
+        observe_model_calls(lm, trace)
         started = time.monotonic()
         trace.emit(
             "run_started",

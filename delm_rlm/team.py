@@ -47,12 +47,12 @@ from delm_rlm.chunking import Chunk, SplitBy, split_corpus
 from delm_rlm.context import SharedContext
 from delm_rlm.corpus import Corpus
 from delm_rlm.gists import Gist, GistKind, GistStatus, Provenance
-from delm_rlm.lm import LM, Budget, BudgetExceeded, LMError
+from delm_rlm.lm import LM, Budget, BudgetExceeded, LMError, Usage
 from delm_rlm.queue import LeaseLost, Task, TaskQueue, TaskState
 from delm_rlm.result import Result
 from delm_rlm.rlm import RLM, Cell
 from delm_rlm.store import RunStore, utc_now_iso
-from delm_rlm.trace import Trace, model_call_observer
+from delm_rlm.trace import Trace, observe_model_calls
 from delm_rlm.verify import Verdict, Verifier
 
 TeamMode = Literal["hybrid", "delm"]
@@ -142,6 +142,9 @@ class _Run:
     finalize_round: int = 0
     added_tasks: int = 0
     agent_errors: list[str] = field(default_factory=list)
+    # Usage of the run's earlier sessions (a resumed run), read back from its trace.
+    prior_usage: Usage = field(default_factory=Usage)
+    prior_usage_by_role: dict[str, Usage] = field(default_factory=dict)
 
 
 class _DelmGist(BaseModel):
@@ -311,11 +314,13 @@ class Team:
         cfg = self.config
         started = time.monotonic()
         (run_dir / PID_FILE).write_text(str(os.getpid()))
-        trace = Trace(run_dir / TRACE_FILE)
+        trace_path = run_dir / TRACE_FILE
+        earlier = Trace.load(trace_path) if not fresh and trace_path.exists() else []
+        trace = Trace(trace_path)
         for subscriber in self.trace_subscribers:
             trace.subscribe(subscriber)
         run_lm = self.lm.session(cfg.budget)
-        run_lm.on_call(model_call_observer(trace))
+        observe_model_calls(run_lm, trace)
         docs = corpus.docs
         context = SharedContext(store, docs)
         queue = TaskQueue(store, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, trace=trace)
@@ -332,6 +337,7 @@ class Team:
             description=description, trace=trace, queue=queue, context=context,
             verifier=verifier, lm=run_lm, chunks={},
         )
+        run.prior_usage, run.prior_usage_by_role = usage_from_trace(earlier)
         self._run = run
         trace.emit(
             "run_started", question=question, method=cfg.mode, corpus=description,
@@ -380,7 +386,11 @@ class Team:
             # Proposals cut off by the end of the run (budget, an agent stopped mid-check).
             run.context.reject(gist.id, "the run ended before this proposal was verified")
         stats = run.verifier.stats
-        usage = run.lm.usage.total
+        # The whole run's usage: earlier sessions (before a resume) plus this one.
+        usage = run.prior_usage + run.lm.usage.total
+        by_role = dict(run.prior_usage_by_role)
+        for role, used in run.lm.usage.by_role.items():
+            by_role[role] = by_role.get(role, Usage()) + used
         run.store.set_meta(
             status=run.status, answer=run.answer, finished_at=utc_now_iso(),
             gist_ids=run.answer_gist_ids, verification=stats.model_dump(mode="json"),
@@ -395,7 +405,7 @@ class Team:
             status=run.status,  # type: ignore[arg-type]
             error=run.error,
             usage=usage,
-            usage_by_role=dict(run.lm.usage.by_role),
+            usage_by_role=by_role,
             gist_ids=run.answer_gist_ids,
             store_path=str(run.store.path),
             trace_path=str(run.trace.path),
@@ -1033,6 +1043,31 @@ def _locate_quote(docs: list[str], chunk: Chunk | None, quote: str, doc: Any = N
         return {"type": "quote", "doc": chunk.doc, "start": chunk.start, "end": chunk.end, "quote": quote}
     d = int(doc) if isinstance(doc, int) and 0 <= doc < len(docs) else 0
     return {"type": "quote", "doc": d, "start": 0, "end": len(docs[d]) if docs else 0, "quote": quote}
+
+
+def usage_from_trace(events: Sequence[Any]) -> tuple[Usage, dict[str, Usage]]:
+    """What the model calls recorded in trace events used, in all and by role: how a resumed
+    run counts the sessions before it (the trace is flushed per event, so even a killed
+    session's calls are there)."""
+    total = Usage()
+    by_role: dict[str, Usage] = {}
+    for event in events:
+        d = event.data
+        if event.kind == "model_call":
+            cost = d.get("cost_usd")
+            used = Usage(
+                calls=1, cached_calls=int(bool(d.get("cached"))),
+                input_tokens=int(d.get("input_tokens") or 0), output_tokens=int(d.get("output_tokens") or 0),
+                seconds=float(d.get("seconds") or 0.0), cost_usd=None if cost is None else float(cost),
+            )
+        elif event.kind == "model_call_failed":
+            used = Usage(failed_calls=1)
+        else:
+            continue
+        role = str(d.get("role") or "?")
+        total = total + used
+        by_role[role] = by_role.get(role, Usage()) + used
+    return total, by_role
 
 
 # Names that exist only in an agent's REPL (the team's tools and the sub-model calls): code

@@ -27,6 +27,7 @@ EVENT_KINDS: dict[str, str] = {
     "task_failed": "reason",
     "task_requeued": "reason",
     "model_call": "role, model, input_tokens, output_tokens, seconds, cached, cost_usd, prompt (tail), response",
+    "model_call_failed": "role, model, error, seconds, prompt (tail)",
     "code_cell": "iteration, code, stdout, stderr, error, timed_out, duration_s",
     "agent_step": "iteration, action (short text for live views)",
     "gist_proposed": "gist (full Gist as JSON)",
@@ -191,3 +192,28 @@ def model_call_observer(trace: Trace) -> Callable[[Any, dict[str, Any]], None]:
 
 def iter_kinds(events: Iterable[TraceEvent], *kinds: str) -> Iterable[TraceEvent]:
     return (e for e in events if e.kind in kinds)
+
+
+def model_failure_observer(trace: Trace) -> Callable[[Any, dict[str, Any]], None]:
+    """An `LM.on_failure` observer that records every failed model call as a
+    `model_call_failed` event (takes any object with `CallFailure`'s fields)."""
+
+    def observe(failure: Any, tags: dict[str, Any]) -> None:
+        trace.emit(
+            "model_call_failed",
+            agent=tags.get("agent"),
+            task=tags.get("task"),
+            role=failure.role,
+            model=failure.model,
+            error=failure.error,
+            seconds=failure.seconds,
+            prompt=tags.get("prompt_tail", ""),
+        )
+
+    return observe
+
+
+def observe_model_calls(lm: Any, trace: Trace) -> None:
+    """Record every model call of `lm` (an LM view) in `trace`: answered and failed."""
+    lm.on_call(model_call_observer(trace))
+    lm.on_failure(model_failure_observer(trace))

@@ -588,7 +588,7 @@ class _Page:
             shown = {k: v for k, v in d.items() if k not in ("config",)}
             if shown:
                 body = f' <span class="data">{self.link_gists(json.dumps(shown, default=str, ensure_ascii=False)[:2000])}</span>'
-        cls = " err" if e.kind in ("error", "task_failed", "budget_exceeded", "gist_rejected") else ""
+        cls = " err" if e.kind in ("error", "task_failed", "budget_exceeded", "gist_rejected", "model_call_failed") else ""
         return f'<li class="ev{cls}" id="ev-{e.seq}">{head}{body}</li>'
 
 

@@ -184,6 +184,36 @@ async def test_gives_up_after_max_retries_with_the_status(stub: StubEndpoint) ->
     assert lm.usage.total.failed_calls == 1 and lm.usage.total.calls == 0
 
 
+async def test_failed_calls_reach_failure_observers_and_the_trace(stub: StubEndpoint, tmp_path: Path) -> None:
+    """A call that fails for good is reported to `on_failure` observers of the view and its
+    parents (so a run's trace shows it), with the error; answered calls are not. An
+    observer that raises does not replace the call's own error."""
+    from delm_rlm.trace import Trace, observe_model_calls
+
+    for _ in range(2):
+        stub.error(503, "down for maintenance", headers={"retry-after-ms": "5"})
+    stub.plan(200, chat_json("fine"))
+    root = api_lm(stub, max_retries=1)
+    seen: list[tuple[str, dict]] = []
+    root.on_failure(lambda failure, tags: seen.append((failure.error, tags)))
+    session = root.session()
+    trace = Trace(tmp_path / "trace.jsonl")
+    observe_model_calls(session, trace)
+    session.on_failure(lambda failure, tags: 1 / 0)
+
+    with pytest.raises(LMError, match="503 after 1 retries"):
+        await session.complete("q", role="sub", tags={"agent": "a1", "task": "t2"})
+    assert (await session.complete("q2")).text == "fine"
+    trace.close()
+
+    assert len(seen) == 1 and "503" in seen[0][0] and seen[0][1] == {"agent": "a1", "task": "t2"}
+    events = Trace.load(tmp_path / "trace.jsonl")
+    assert [e.kind for e in events] == ["model_call_failed", "model_call"]
+    failed = events[0]
+    assert (failed.agent, failed.task, failed.data["role"]) == ("a1", "t2", "sub")
+    assert "down for maintenance" in failed.data["error"] and failed.data["seconds"] >= 0
+
+
 async def test_timeout_error_says_what_to_change(stub: StubEndpoint) -> None:
     stub.plan(200, chat_json("never seen"), delay=1.5)
     with pytest.raises(LMError, match=r"did not answer within 0.3s \(retries off\): raise timeout"):

@@ -170,3 +170,10 @@ async def test_a_killed_run_resumes_without_losing_or_repeating_work(tmp_path: P
     partials = store.list_gists(status=GistStatus.ADMITTED, kinds="partial")
     assert len(partials) == len(DOCS)
     assert store.meta().status == "answered"
+    # The result's usage covers the whole run: the killed session's calls count too.
+    calls = [e for e in events if e.kind == "model_call"]
+    killed_calls = [e for e in calls if e.seq < resumed_at]
+    assert killed_calls, "the killed session made model calls before it was killed"
+    assert result.usage.calls == len(calls)
+    assert result.usage.input_tokens == sum(e.data["input_tokens"] for e in calls)
+    assert sum(u.calls for u in result.usage_by_role.values()) == len(calls)
