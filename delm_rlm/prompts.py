@@ -29,6 +29,7 @@ In the REPL:
   llm_query(prompt) -> str                 ask a language model about a short text{sub_limit}
   llm_query_batched(prompts) -> list[str]  many llm_query calls at once (faster)
   rlm_query(prompt, text) -> str           give a long text to a helper agent like you
+  classify(items, labels) -> list[str]     a label per item (e.g. lines) from a model, in batches
 {extra_tools}
 How to work:
 - Write Python in a ```repl block. It runs, and you see what it prints.
@@ -105,6 +106,29 @@ HISTORY_OMITTED = "[{n} earlier step(s) omitted to save space.]"
 
 # Child runs (rlm_query) get the caller's prompt as their question.
 RLM_DEGRADED = "{prompt}\n\nText:\n{text}"
+
+# classify(items, labels): batched labelling (delm_rlm.classify). One line per item back,
+# numbered, so replies map onto items even when the model skips or repeats one.
+CLASSIFY_BATCH = """\
+Give each numbered item one label from this list: {labels}
+{instruction}Reply with exactly {n} lines, one per item, in the form "<number>: <label>", \
+and nothing else.
+
+Example, labels: spam; ham
+1. win a free cruise now
+2. lunch at noon?
+Reply:
+1: spam
+2: ham
+
+Items:
+{items}"""
+
+CLASSIFY_ONE = """\
+Give this item one label from this list: {labels}
+{instruction}Reply with the label only.
+
+Item: {item}"""
 
 # ---------------------------------------------------------------------------------------
 # Filling in
@@ -296,7 +320,8 @@ Compute your chunk's result with code over `chunk`, share it with propose(), the
 For a question that counts or compares things, share the count of every value of the field \
 it is about (a dict), so the team can add chunks up. In code, copy text exactly as the lines \
 above write it (same case and words), even where the question words it differently. If the \
-lines lack the field, ask llm_query_batched about groups of lines and count its replies. \
+lines do not state it (no such field), label them first: \
+labels = classify(chunk.splitlines(), ["a", "b"]) with the question's labels, then count. \
 Example: lines like "Date: May 02 || Text: win cash now || Label: spam", question "Which \
 label is most common?" or "How many lines are labelled 'spam'?":
 ```repl

@@ -2,9 +2,9 @@
 
 The context lives in a sandboxed Python REPL (`context`, `docs`, `df`); the model's prompt only
 describes it. Each reply's ```repl blocks run in the sandbox and the model sees their output,
-cut to head and tail. Inside the REPL the model can call `llm_query`, `llm_query_batched` and
-`rlm_query` (a child RLM in its own sandbox), all through the one LM gateway so budgets and
-usage see every call.
+cut to head and tail. Inside the REPL the model can call `llm_query`, `llm_query_batched`,
+`rlm_query` (a child RLM in its own sandbox) and `classify` (batched labelling, see
+`delm_rlm.classify`), all through the one LM gateway so budgets and usage see every call.
 
 Finishing is by state, never by parsing the reply: the REPL holds
 ``answer = {"content": None, "ready": False}`` and the run is done once code sets
@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from pydantic import BaseModel, Field, PrivateAttr
 
 from delm_rlm import prompts
+from delm_rlm.classify import ClassificationLog
+from delm_rlm.classify import classify as classify_items
 from delm_rlm.codeblocks import close_open_fence, extract_code_blocks, strip_code_blocks
 from delm_rlm.lm import LM, Budget, BudgetExceeded, LMError
 from delm_rlm.result import FinishedBy, Result
@@ -198,6 +200,7 @@ class RLM:
         cell_timeout: float | None = None,
         stop_after_block: bool = True,
         depth: int = 0,
+        classifications: ClassificationLog | None = None,
     ) -> None:
         if not isinstance(lm, LM):
             raise TypeError(f"lm must be a delm_rlm.LM (or ScriptedLM); got {type(lm).__name__}")
@@ -227,6 +230,9 @@ class RLM:
         self.cell_timeout = cell_timeout
         self.stop_after_block = stop_after_block
         self.depth = depth
+        # Every classify() result of this agent (and its children): what a team's verifier
+        # replays when it re-runs the agent's code.
+        self.classifications = classifications if classifications is not None else ClassificationLog()
 
     # -- public entry points -------------------------------------------------------------
 
@@ -530,6 +536,7 @@ class RLM:
                 cell_timeout=self.cell_timeout,
                 stop_after_block=self.stop_after_block,
                 depth=self.depth + 1,
+                classifications=self.classifications,
             )
             # The child's view gets what is left of ours; its usage also counts in ours.
             child_lm = lm.session(lm.remaining())
@@ -541,9 +548,19 @@ class RLM:
                 raise RuntimeError(f"the helper agent gave no answer: {result.error or result.status}")
             return result.answer
 
+        async def classify(items: Any, labels: Any, instruction: str = "") -> list[str | None]:
+            try:
+                return await classify_items(
+                    lm, items, labels, instruction, role="sub", tags=tags, log=self.classifications
+                )
+            except BudgetExceeded as exc:
+                state.exceeded = state.exceeded or exc
+                raise
+
         sb.register("llm_query", llm_query)
         sb.register("llm_query_batched", llm_query_batched)
         sb.register("rlm_query", rlm_query)
+        sb.register("classify", classify)
 
     async def run_child(
         self, question: str, context: Any, *, lm: LM, agent_id: str, task_id: str | None = None

@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from delm_rlm import prompts
 from delm_rlm.chunking import Chunk, SplitBy, split_corpus
+from delm_rlm.classify import ClassificationLog
 from delm_rlm.context import SharedContext
 from delm_rlm.corpus import Corpus
 from delm_rlm.gists import Gist, GistKind, GistStatus, Provenance
@@ -145,6 +146,8 @@ class _Run:
     # Usage of the run's earlier sessions (a resumed run), read back from its trace.
     prior_usage: Usage = field(default_factory=Usage)
     prior_usage_by_role: dict[str, Usage] = field(default_factory=dict)
+    # The agents' classify() results, replayed by the verifier when it re-runs their code.
+    classifications: ClassificationLog = field(default_factory=ClassificationLog)
 
 
 class _DelmGist(BaseModel):
@@ -324,8 +327,9 @@ class Team:
         docs = corpus.docs
         context = SharedContext(store, docs)
         queue = TaskQueue(store, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, trace=trace)
+        classifications = ClassificationLog()
         verifier = Verifier(
-            context, docs, lm=run_lm,
+            context, docs, lm=run_lm, replay_tools={"classify": classifications.replay},
             sandbox_factory=self._sandbox_factory() if cfg.mode == "hybrid" else None,
             corpus_value=corpus.value, trace=trace, judge=cfg.judge,
             check_timeout=cfg.check_timeout, require_check_for_values=cfg.mode == "hybrid",
@@ -335,7 +339,7 @@ class Team:
         run = _Run(
             run_dir=run_dir, store=store, corpus=corpus, docs=docs, question=question,
             description=description, trace=trace, queue=queue, context=context,
-            verifier=verifier, lm=run_lm, chunks={},
+            verifier=verifier, lm=run_lm, chunks={}, classifications=classifications,
         )
         run.prior_usage, run.prior_usage_by_role = usage_from_trace(earlier)
         self._run = run
@@ -622,7 +626,7 @@ class Team:
     def _rlm(self, run: _Run) -> RLM:
         return RLM(
             run.lm, sandbox=self._sandbox_factory(), max_iterations=self.config.max_iterations,
-            trace=run.trace, cell_timeout=self.config.cell_timeout,
+            trace=run.trace, cell_timeout=self.config.cell_timeout, classifications=run.classifications,
         )
 
     async def _propose_answer(self, run: _Run, state: _AgentState, task: Task, answer: str) -> Verdict:
@@ -1070,8 +1074,9 @@ def usage_from_trace(events: Sequence[Any]) -> tuple[Usage, dict[str, Usage]]:
     return total, by_role
 
 
-# Names that exist only in an agent's REPL (the team's tools and the sub-model calls): code
-# using them cannot be replayed in the verifier's fresh REPL.
+# Names that exist only in an agent's REPL (the team's tools and the free-form sub-model
+# calls): code using them cannot be replayed in the verifier's fresh REPL. `classify` can:
+# the verifier answers it from the run's ClassificationLog.
 _AGENT_ONLY_NAMES = frozenset(
     {"propose", "add_task", "gists", "unfold", "llm_query", "llm_query_batched", "rlm_query"}
 )

@@ -50,7 +50,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -309,6 +309,8 @@ def __delm_check(__code, __vars):
         __ns["chunk"] = __ns["docs"][__d][__s:__e]
     elif "context" in __ns:
         __ns["chunk"] = __ns["context"]
+    for __t in __vars.pop("__replay_tools", []):
+        if __t in __g: __ns[__t] = __g[__t]
     __ns.update(__vars)
     exec(compile(__code, "<check>", "exec"), __ns)
 '''
@@ -349,6 +351,7 @@ class Verifier:
         quote_slack: int = QUOTE_SLACK_CHARS,
         require_check_for_values: bool = True,
         judge_source_chars: int = JUDGE_SOURCE_CHARS,
+        replay_tools: Mapping[str, Callable[..., Any]] | None = None,
     ) -> None:
         self.context = context
         self.docs = list(docs)
@@ -363,6 +366,9 @@ class Verifier:
         self.quote_slack = quote_slack
         self.require_check_for_values = require_check_for_values
         self.judge_source_chars = judge_source_chars
+        # Host functions a check may call, answering from what the agents' calls recorded
+        # (e.g. classify -> ClassificationLog.replay): deterministic, no model calls.
+        self.replay_tools = dict(replay_tools or {})
         self.stats = VerificationStats()
         self._sandbox: Sandbox | None = None
         self._code_lock = asyncio.Lock()
@@ -394,6 +400,8 @@ class Verifier:
                     record=False,
                 )
             sb = self.sandbox_factory()
+            for name, fn in self.replay_tools.items():
+                sb.register(name, fn)
             await sb.start()
             await sb.load_context(self.corpus_value)
             self._sandbox = sb
@@ -545,6 +553,7 @@ class Verifier:
             bad("no evidence: add a quote (evidence=[...]) or check code, so it can be verified")
 
     async def _run_check(self, gist: Gist, check_vars: dict[str, Any]) -> str:
+        check_vars = {**check_vars, "__replay_tools": sorted(self.replay_tools)}
         code = f"{_RUNNER}\n__delm_check({gist.check!r}, __import__('json').loads({json.dumps(check_vars)!r}))"
         async with self._code_lock:
             try:

@@ -1,0 +1,209 @@
+"""Labelling many short texts with a model, in batches: the REPL's `classify` tool.
+
+Counting over a property the text does not state ("how many questions ask for a place?")
+needs a label per line. One model call per line pays a prompt per line; one call for
+everything overflows a small model's window and drops lines. `classify` packs the items into
+numbered batches, reads "<n>: <label>" replies back onto their items, maps near-miss labels
+("Location", "label: location.") onto the allowed ones, and asks again, one item at a time,
+for the items a batch reply left out or labelled with something not allowed.
+
+Every classification a run makes is kept in a `ClassificationLog`, so the verifier can replay
+an agent's code, `classify` calls included, without a model: the replay proves the counts
+follow from the labels the model gave; it cannot prove the labels right (the log says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from delm_rlm import prompts
+
+if TYPE_CHECKING:
+    from delm_rlm.lm import LM
+
+DEFAULT_BATCH_ITEMS = 20
+DEFAULT_BATCH_CHARS = 2500
+ITEM_CHARS = 400  # an item longer than this is cut in the prompt (labels rarely need more)
+
+_NUMBERED = re.compile(r"^\s*(?:item\s*)?#?(\d+)\s*[:.)\]-]\s*(.*?)\s*$", re.IGNORECASE)
+
+
+def _plain(text: str) -> str:
+    text = text.casefold().strip()
+    text = re.sub(r"^(?:label|category|answer|class)\s*[:=-]\s*", "", text)
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+
+
+def match_label(reply: str, labels: Sequence[str]) -> str | None:
+    """The allowed label a reply names, or None. Exact (ignoring case, punctuation and a
+    'Label:' prefix) first; then the one allowed label the reply contains (a label inside a
+    longer named one does not count); then the one label the reply is a prefix of
+    ("numeric" -> "numeric value"). Two labels named: None, never a guess."""
+    said = _plain(reply)
+    if not said:
+        return None
+    plain = {label: _plain(label) for label in labels}
+    for label, p in plain.items():
+        if p == said:
+            return label
+    inside = [label for label, p in plain.items() if p and re.search(rf"\b{re.escape(p)}\b", said)]
+    # "human being" names "human" too: drop labels inside another named one; two left = no guess.
+    named = [a for a in inside if not any(b != a and plain[a] in plain[b] for b in inside)]
+    if named:
+        return named[0] if len(named) == 1 else None
+    if len(said) >= 3:
+        starts = [label for label, p in plain.items() if p.startswith(said)]
+        if len(starts) == 1:
+            return starts[0]
+    return None
+
+
+def parse_numbered_labels(reply: str, n: int, labels: Sequence[str]) -> list[str | None]:
+    """Read "<number>: <label>" lines (numbers 1..n) into a list of n labels; items with no
+    line, a number out of range, a repeated number or no allowed label stay None."""
+    out: list[str | None] = [None] * n
+    seen: set[int] = set()
+    for line in reply.splitlines():
+        m = _NUMBERED.match(line)
+        if not m:
+            continue
+        i = int(m.group(1)) - 1
+        if not 0 <= i < n or i in seen:
+            continue
+        seen.add(i)
+        out[i] = match_label(m.group(2), labels)
+    return out
+
+
+def batch_indices(items: Sequence[str], max_items: int, max_chars: int) -> list[list[int]]:
+    """Consecutive batches of item indices, each at most `max_items` items and (unless one
+    item alone is longer) `max_chars` characters of item text."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    size = 0
+    for i, item in enumerate(items):
+        length = min(len(item), ITEM_CHARS)
+        if current and (len(current) >= max_items or size + length > max_chars):
+            batches.append(current)
+            current, size = [], 0
+        current.append(i)
+        size += length
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _item_text(item: str) -> str:
+    text = " ".join(item.split())
+    return text if len(text) <= ITEM_CHARS else text[: ITEM_CHARS - 3] + "..."
+
+
+def _validate(items: Any, labels: Any, instruction: Any) -> tuple[list[str], list[str], str]:
+    if isinstance(items, str) or not isinstance(items, (list, tuple)):
+        raise TypeError(
+            "classify(items, labels) takes a list of texts as items, e.g. chunk.splitlines(); "
+            f"got {type(items).__name__}"
+        )
+    if isinstance(labels, str) or not isinstance(labels, (list, tuple)) or not labels:
+        raise TypeError(
+            "classify(items, labels) takes a non-empty list of label strings, e.g. "
+            f"['spam', 'ham']; got {labels!r}"[:300]
+        )
+    label_list = [str(label).strip() for label in labels]
+    if any(not label for label in label_list) or len(set(label_list)) != len(label_list):
+        raise ValueError(f"labels must be distinct non-empty strings; got {label_list!r}"[:300])
+    return [str(item) for item in items], label_list, str(instruction or "").strip()
+
+
+class ClassificationLog:
+    """Every classification of a run, keyed by (items, labels, instruction): what the
+    verifier's replay of `classify` answers from. Thread-safe (the bridge calls tools from
+    its own thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: dict[str, list[str | None]] = {}
+
+    @staticmethod
+    def key(items: Sequence[str], labels: Sequence[str], instruction: str) -> str:
+        blob = json.dumps([list(items), list(labels), instruction], ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def record(self, items: Sequence[str], labels: Sequence[str], instruction: str, result: list[str | None]) -> None:
+        with self._lock:
+            self._results[self.key(items, labels, instruction)] = list(result)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._results)
+
+    def replay(self, items: Any, labels: Any, instruction: str = "") -> list[str | None]:
+        """The labels an agent's `classify` call got for exactly these arguments."""
+        item_list, label_list, text = _validate(items, labels, instruction)
+        with self._lock:
+            found = self._results.get(self.key(item_list, label_list, text))
+        if found is None:
+            raise LookupError(
+                "classify was not run on these items with these labels by the agent: a check "
+                "replays only the classifications the agent made (same items, labels, instruction)"
+            )
+        return list(found)
+
+
+async def classify(
+    lm: LM,
+    items: Any,
+    labels: Any,
+    instruction: str = "",
+    *,
+    role: str = "sub",
+    tags: dict[str, Any] | None = None,
+    batch_items: int = DEFAULT_BATCH_ITEMS,
+    batch_chars: int = DEFAULT_BATCH_CHARS,
+    log: ClassificationLog | None = None,
+) -> list[str | None]:
+    """One allowed label per item (None where the model gave none of them twice).
+
+    `instruction` says what the labels mean ("the kind of answer each question asks for").
+    Batches run concurrently (the gateway's concurrency limit applies); budgets and usage
+    count every call, as for llm_query."""
+    item_list, label_list, text = _validate(items, labels, instruction)
+    if batch_items < 1 or batch_chars < 1:
+        raise ValueError("batch_items and batch_chars must be >= 1")
+    results: list[str | None] = [None] * len(item_list)
+    label_text = "; ".join(label_list)
+    tag_base = dict(tags or {})
+
+    async def ask(prompt: str) -> str:
+        completion = await lm.complete(prompt, role=role, tags={**tag_base, "prompt_tail": prompt[-500:]})
+        return completion.text
+
+    async def run_batch(indices: list[int]) -> None:
+        numbered = "\n".join(f"{k}. {_item_text(item_list[i])}" for k, i in enumerate(indices, start=1))
+        prompt = prompts.CLASSIFY_BATCH.format(
+            labels=label_text, instruction=f"{text}\n" if text else "", n=len(indices), items=numbered
+        )
+        got = parse_numbered_labels(await ask(prompt), len(indices), label_list)
+        for k, i in enumerate(indices):
+            results[i] = got[k]
+
+    async def run_one(i: int) -> None:
+        prompt = prompts.CLASSIFY_ONE.format(
+            labels=label_text, instruction=f"{text}\n" if text else "", item=_item_text(item_list[i])
+        )
+        reply = await ask(prompt)
+        results[i] = match_label(reply.strip().splitlines()[0] if reply.strip() else "", label_list)
+
+    await asyncio.gather(*(run_batch(b) for b in batch_indices(item_list, batch_items, batch_chars)))
+    missing = [i for i, label in enumerate(results) if label is None]
+    if missing:
+        await asyncio.gather(*(run_one(i) for i in missing))
+    if log is not None:
+        log.record(item_list, label_list, text, results)
+    return results
