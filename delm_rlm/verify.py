@@ -589,9 +589,10 @@ class Verifier:
         if result.error:
             hint = ""
             if result.error.startswith("NameError"):
+                replayed = "".join(f", {name}" for name in sorted(self.replay_tools))
                 hint = (
-                    " (checks run in a fresh REPL: only context, docs, df and chunk exist there; "
-                    "recompute everything inside the check)"
+                    f" (checks run in a fresh REPL: only context, docs, df, chunk{replayed} exist "
+                    "there; recompute everything inside the check)"
                 )
             raise _Rejection("code", f"check failed: {_last_error_line(result.error)}{hint}", output=output)
         if not output.strip():
