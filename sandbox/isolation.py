@@ -30,11 +30,21 @@ INSTALL_HINT = {
 }
 
 # Runs inside the sandbox just before the kernel: limits are set on the kernel process itself.
+# PR_SET_PDEATHSIG (1) survives the exec: the kernel is killed when the process that started
+# it dies, even by SIGKILL, so a killed run leaves no kernel behind (bubblewrap's
+# --die-with-parent does the same for its own wrapper). Strictly it fires when the starting
+# *thread* ends: kernels start on the event loop's thread, which outlives its sandboxes.
+# Linux only; elsewhere it is skipped.
 _LAUNCHER = (
     "import os,resource,sys\n"
     "m=int(sys.argv[1])\n"
     "if m>0: resource.setrlimit(resource.RLIMIT_AS,(m,m))\n"
     "resource.setrlimit(resource.RLIMIT_CORE,(0,0))\n"
+    "try:\n"
+    "    import ctypes,signal\n"
+    "    ctypes.CDLL(None,use_errno=True).prctl(1,int(signal.SIGKILL),0,0,0)\n"
+    "except Exception:\n"
+    "    pass\n"
     "os.execv(sys.executable,[sys.executable,'-m','ipykernel_launcher','-f',sys.argv[2]])\n"
 )
 

@@ -122,3 +122,55 @@ async def test_wrapped_command_names_this_interpreter(tmp_path: Path) -> None:
     assert "HOME" in env and all("KEY" not in k for k in env)
 
 
+
+
+_HOST = """
+import asyncio, sys, time
+from sandbox import KernelSandbox
+
+async def main():
+    sb = KernelSandbox(isolation=sys.argv[1], timeout=30)
+    await sb.start()
+    await sb.execute("x = 1")
+    print(sb._km.connection_file, flush=True)
+    time.sleep(120)  # the test kills this process with SIGKILL
+
+asyncio.run(main())
+"""
+
+
+def _processes_naming(needle: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_sigkilled_host_leaves_no_kernel_behind(mode: str, tmp_path: Path) -> None:
+    """A run killed with SIGKILL (no atexit, no cleanup) must not leave its kernels running:
+    they hold the corpus in memory and would pile up over killed runs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    host = subprocess.Popen([sys.executable, "-c", _HOST, mode], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    try:
+        connection_file = host.stdout.readline().strip()
+        assert connection_file, "the host process did not start its kernel"
+        assert _processes_naming(connection_file), "the kernel is not running"
+    finally:
+        host.send_signal(signal.SIGKILL)
+        host.wait()
+    deadline = time.monotonic() + 15
+    while _processes_naming(connection_file) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_naming(connection_file) == [], f"{mode}: the kernel outlived its killed host"
