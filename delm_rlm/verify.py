@@ -170,11 +170,18 @@ def _as_number(value: Any) -> float | None:
     return None
 
 
+def _json_key(key: Any) -> str:
+    """A dict key compared as a string. A None key (e.g. Counter(classify(...)) counting
+    unlabelled items) reaches a claim as "null" through JSON or "None" through pydantic, and
+    a printout as None: all three compare equal."""
+    return "None" if key is None or key == "null" else str(key)
+
+
 def values_match(claimed: Any, printed: Any, tolerance: float = 0.0) -> bool:
     """Rules: numbers (int/float, or numeric strings) within `tolerance` absolute, plus
     1e-9 relative for float formatting; bools only equal bools; strings equal after
     whitespace normalization (case-sensitive); lists/tuples element-wise in order; dicts
-    with the same keys (compared as strings) and matching values."""
+    with the same keys (compared as strings; None, "None" and "null" alike) and matching values."""
     if isinstance(claimed, bool) or isinstance(printed, bool):
         if isinstance(claimed, bool) and isinstance(printed, bool):
             return claimed is printed
@@ -189,8 +196,8 @@ def values_match(claimed: Any, printed: Any, tolerance: float = 0.0) -> bool:
             values_match(x, y, tolerance) for x, y in zip(claimed, printed)
         )
     if isinstance(claimed, dict) and isinstance(printed, dict):
-        left = {str(k): v for k, v in claimed.items()}
-        right = {str(k): v for k, v in printed.items()}
+        left = {_json_key(k): v for k, v in claimed.items()}
+        right = {_json_key(k): v for k, v in printed.items()}
         return left.keys() == right.keys() and all(
             values_match(left[k], right[k], tolerance) for k in left
         )

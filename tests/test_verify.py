@@ -293,6 +293,10 @@ async def test_judge_verdicts_and_cost_are_counted(tmp_path: Path) -> None:
         ([1, "a"], '[1, "b"]', 0, False),
         ({"spam": 2, "ham": 3}, "{'ham': 3, 'spam': 2}", 0, True),
         ({"spam": 2}, "{'spam': 2, 'ham': 1}", 0, False),
+        # A None key reaches a claim as "null" (JSON) or "None" (pydantic), a printout as None.
+        ({"null": 2, "spam": 1}, "{None: 2, 'spam': 1}", 0, True),
+        ({"None": 2}, "{None: 2}", 0, True),
+        ({"None": 2}, "{None: 3}", 0, False),
         (True, "True", 0, True),
         (True, "1", 0, False),
         (5, "counting...\n5", 0, True),
