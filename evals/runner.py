@@ -11,7 +11,10 @@ pair runs again. A method that fails gives an error row, never a crash of the wh
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.metadata
 import os
+import subprocess
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,6 +69,7 @@ class ResultRow(BaseModel):
     domain: str | None = None
     variant: str | None = None  # OOLONG window variant: "unlabelled" or "labelled"
     finished_at: str = ""
+    code_version: str | None = None  # which delm-rlm produced the row (see `code_version()`)
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -314,6 +318,7 @@ async def run_pair(
         context_tokens=result.context_tokens,
         detail=result.detail,
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        code_version=code_version(),
         **_row_metadata(task),
     )
     try:
@@ -325,6 +330,27 @@ async def run_pair(
         row.score = 0.0
         row.error = f"scoring failed: {type(exc).__name__}: {exc}"
     return row
+
+
+@functools.cache
+def code_version() -> str:
+    """The code that ran: `git describe --always --dirty` of the checkout delm-rlm is
+    imported from (a results file may mix rows from several commits; a resumed run shows
+    it), else the installed package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10,
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            return done.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        return "delm-rlm " + importlib.metadata.version("delm-rlm")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _row_metadata(task: Task) -> dict[str, Any]:

@@ -41,6 +41,8 @@ def test_rows_are_written_per_task_and_method_with_usage_and_metadata(oolong_tas
         assert row.dollars == 0.0 and row.context_len == 1024 and row.variant == "unlabelled"
         assert row.task_group in ("counting", "user", "timeline") and row.dataset == "trec_coarse"
         assert 0.0 <= row.score <= 1.0 and row.score_lenient is not None and row.score_lenient >= row.score
+        # Which code produced the row: this checkout's commit (a results file can mix commits).
+        assert row.code_version and row.code_version != "unknown"
     # The orchestrator's usage is its own session's: one worker per chunk plus the merge.
     orchestrated = [r for r in rows if r.method == "orchestrator"]
     assert all(r.calls == 2 and set(r.usage_by_role) == {"sub", "root"} for r in orchestrated)
