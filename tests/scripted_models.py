@@ -139,3 +139,18 @@ async def build_run(run_dir):  # type: ignore[no-untyped-def]
 
     team = Team(ScriptedLM(team_counter), agents=2, run_dir=run_dir, judge=False)
     return await team.run(FRUIT_QUESTION, FRUIT_DOCS)
+
+
+def counts_finalizer(answer_expr: str) -> str:
+    """A finalizer reply adding up per-label count partials and answering with
+    `answer_expr` (an f-string body over `total`, e.g. "Answer: {total['spam']}")."""
+    return (
+        "```repl\n"
+        "from collections import Counter\n"
+        "total = Counter()\n"
+        'for g in gists(kind="partial"):\n'
+        '    total.update(g["value"])\n'
+        f'answer["content"] = f"{answer_expr}"\n'
+        'answer["ready"] = True\n'
+        "```"
+    )

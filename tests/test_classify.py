@@ -21,6 +21,7 @@ from delm_rlm.classify import (
     match_label,
     parse_numbered_labels,
 )
+from scripted_models import counts_finalizer
 
 LABELS = ["location", "human being", "numeric value", "entity"]
 
@@ -167,14 +168,7 @@ print(dict(counts))
 answer["content"] = str(dict(counts))
 answer["ready"] = True
 ```"""
-FINAL_CODE = """```repl
-from collections import Counter
-total = Counter()
-for g in gists(kind="partial"):
-    total.update(g["value"])
-answer["content"] = f"Label: {total.most_common(1)[0][0]}"
-answer["ready"] = True
-```"""
+FINAL_CODE = counts_finalizer("Label: {total.most_common(1)[0][0]}")
 
 
 async def test_a_team_agent_that_classifies_lines_is_verified_by_replay(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from delm_rlm import Budget, RunStore, ScriptedLM, Team, Trace
 from delm_rlm.chunking import split_corpus
 from delm_rlm.queue import TaskQueue, TaskState
+from scripted_models import counts_finalizer
 
 DOCS = [
     "spam: win money\nham: lunch?\nspam: pills\n",
@@ -129,14 +131,7 @@ n = int(llm_query("how many spam lines? " + chunk) or 0)
 answer["content"] = str(n)
 answer["ready"] = True
 ```"""
-    final_code = """```repl
-from collections import Counter
-total = Counter()
-for g in gists(kind="partial"):
-    total.update(g["value"])
-answer["content"] = f"Answer: {total['spam']}"
-answer["ready"] = True
-```"""
+    final_code = counts_finalizer("Answer: {total['spam']}")
     judged: list[str] = []
 
     def script(messages: list[dict], role: str) -> str:
@@ -154,7 +149,7 @@ answer["ready"] = True
     assert result.answer == f"Answer: {TRUE_COUNT}"
     partials = RunStore(result.store_path).list_gists(status="admitted", kinds="partial")
     expected = [
-        dict(__import__("collections").Counter(line.split(":")[0] for line in d.splitlines())) for d in DOCS
+        dict(Counter(line.split(":")[0] for line in d.splitlines())) for d in DOCS
     ]
     assert sorted(map(json.dumps, (g.value for g in partials))) == sorted(map(json.dumps, expected))
     assert all(g.evidence and g.evidence[-1].type == "code" for g in partials)
