@@ -493,10 +493,51 @@ def _serve(parent_pid: int, server_args: list[str]) -> None:
     for name in {*ModelSettings.model_fields, *ServerSettings.model_fields, "config_file"}:
         os.environ.pop(name.upper(), None)
         os.environ.pop(name, None)
+    without_amx_kernels()
     from llama_cpp.server.__main__ import main
 
     sys.argv = ["llama_cpp.server", *server_args]
     main()
+
+
+def amx_compiled() -> bool:
+    """Whether the installed llama.cpp has its AMX kernels compiled in (a native build on a CPU
+    that reports AMX, such as Sapphire Rapids)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info()
+    return "AMX_INT8 = 1" in (info.decode(errors="replace") if isinstance(info, bytes) else str(info))
+
+
+def without_amx_kernels() -> bool:
+    """Keep llama.cpp's AMX matmul kernels out of this process, unless DELM_RLM_LOCAL_AMX=1.
+
+    On this project's 2-core VMs the CPU reports AMX and a native build compiles it in, but the
+    first AMX matmul dies with SIGILL (`tilezero` in ggml_backend_amx_mul_mat, seen in gdb), so
+    every request kills the server. The AMX kernels are reached only through llama.cpp's
+    "extra buffer types" (AMX and CPU weight repacking), which a model-parameter flag turns off;
+    measured here, prompt reading was no slower without them (81 vs 60 tokens/s with repacking).
+    Returns True when the kernels were turned off."""
+    if os.environ.get("DELM_RLM_LOCAL_AMX") == "1" or not amx_compiled():
+        return False
+    import llama_cpp.llama_cpp as lib
+
+    if "use_extra_bufts" not in {name for name, _ in lib.llama_model_params._fields_}:
+        print("delm-rlm: this llama.cpp has AMX kernels and no use_extra_bufts switch; "
+              "if the server dies with SIGILL, rebuild llama-cpp-python with "
+              "CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON'", flush=True)
+        return False
+    defaults = lib.llama_model_default_params
+
+    def model_params_without_extra_buffers() -> object:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    # Llama() reads its defaults through this module attribute, so one swap covers the server.
+    lib.llama_model_default_params = model_params_without_extra_buffers
+    print("delm-rlm: llama.cpp AMX kernels off (set DELM_RLM_LOCAL_AMX=1 to keep them)", flush=True)
+    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -106,6 +106,25 @@ def test_local_means_local_even_with_an_api_configured(monkeypatch: pytest.Monke
     assert LM("some-api-model").base_url == "http://127.0.0.1:1/v1"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed")
+@pytest.mark.parametrize(("amx", "opt_in", "turned_off"), [(True, None, True), (True, "1", False), (False, None, False)])
+def test_server_turns_amx_kernels_off_unless_asked(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, opt_in: str | None, turned_off: bool
+) -> None:
+    # A build with AMX kernels crashes (SIGILL) on machines whose CPU reports AMX without
+    # running it; the server process then loads the model without extra buffer types.
+    import llama_cpp.llama_cpp as lib
+
+    monkeypatch.setattr(local_model, "amx_compiled", lambda: amx)
+    if opt_in is None:
+        monkeypatch.delenv("DELM_RLM_LOCAL_AMX", raising=False)
+    else:
+        monkeypatch.setenv("DELM_RLM_LOCAL_AMX", opt_in)
+    monkeypatch.setattr(lib, "llama_model_default_params", lib.llama_model_default_params)  # restored after
+    assert local_model.without_amx_kernels() is turned_off
+    assert lib.llama_model_default_params().use_extra_bufts is (not turned_off)
+
+
 def _local_model_missing() -> str | None:
     if importlib.util.find_spec("llama_cpp") is None:
         return "llama-cpp-python is not installed: pip install 'delm-rlm[local]'"
