@@ -35,6 +35,8 @@ How to work:
 - Write Python in a ```repl block. It runs, and you see what it prints.
 - Count, filter and compute with code. Use llm_query only to understand meaning.
 - Match text exactly as it appears in the sample lines (case matters).
+- If the lines do not state what the question is about (such as a label), get it with \
+classify(lines, labels) first, then count with code.
 - Write one ```repl block, then stop and wait for its output. Never guess outputs.
 - To finish, set the answer in code, in the form the question asks for:
   answer["content"] = "your final answer"
@@ -81,6 +83,10 @@ RLM_LAST_STEP = "[{used} of {total} steps used: next is your last step, set answ
 ANSWER_NOT_READY = (
     'answer["content"] is set but answer["ready"] is not True. '
     'If it is final, set answer["ready"] = True.'
+)
+ANSWER_REFUSED = (
+    "Your answer was checked and not accepted: {reason}\n"
+    'Fix it, then set answer["content"] and answer["ready"] = True again.'
 )
 ANSWER_EMPTY = 'answer["ready"] is True but answer["content"] is empty: put your answer in it.'
 ANSWER_REBOUND = (
@@ -343,12 +349,10 @@ All team tasks are finished (round {round} of {rounds}).
 Verified gists:
 {gists}
 {failed}
-Combine the gists' values with code. For partials that are counts per label, add them up:
+Combine the gists' values with code. add_up(gists(kind="partial")) adds them up: counts per \
+label key by key (a plain number per chunk goes under "value"), as a Counter:
 ```repl
-from collections import Counter
-total = Counter()
-for g in gists(kind="partial"):
-    total.update(g["value"] if isinstance(g["value"], dict) else {{"value": g["value"]}})
+total = add_up(gists(kind="partial"))
 print(total.most_common())
 ```
 Then set answer["content"] from `total`, in the exact form the question asks for. For \
@@ -358,6 +362,34 @@ answer["content"] = f"Label: {{total.most_common(1)[0][0]}}"; for "how many are 
 common: total.most_common()[-1][0]; plain numbers per chunk: total["value"].
 Team question: {question}
 {more}"""
+
+# Defined in the finalizer's REPL (pure Python, so a kernel restart only re-runs it): small
+# models writing this loop themselves trip over a partial whose value is a str.
+ADD_UP_CODE = '''\
+def add_up(parts):
+    """Add up partial values: dicts of counts key by key, plain numbers under "value"."""
+    import ast
+    from collections import Counter
+    total = Counter()
+    for g in parts:
+        value = g.get("value") if isinstance(g, dict) and "id" in g else g
+        if isinstance(value, str):  # "12", "1,200" or "{'spam': 3}"
+            text = value.strip()
+            try:
+                value = ast.literal_eval(text if text[:1] in "{[" else text.replace(",", ""))
+            except (ValueError, SyntaxError):
+                pass
+        if isinstance(value, dict):
+            for key, n in value.items():
+                if isinstance(n, (int, float)) and not isinstance(n, bool):
+                    total[key] += n
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            total["value"] += value
+        else:
+            where = g.get("id", "?") if isinstance(g, dict) else "?"
+            print(f"add_up: skipped {where}: {str(value)[:60]!r} is not a count")
+    return total
+'''
 
 TEAM_FINALIZE_MORE = (
     'If a result you need is missing, call add_task("what to find") and finish with '

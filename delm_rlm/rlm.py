@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -87,6 +87,10 @@ class LoopOutcome(BaseModel):
     def exceeded(self) -> BudgetExceeded | None:
         """The budget error that stopped the loop, when status is "budget"."""
         return self._exceeded
+
+
+# What RLM.loop asks before it finishes: None accepts the answer, a str is why not.
+AnswerGate = Callable[[str, Sequence["Cell"]], Awaitable[str | None]]
 
 
 class _AnswerCheck(NamedTuple):
@@ -321,12 +325,18 @@ class RLM:
         task_id: str | None = None,
         role: str = "root",
         trace: Trace | None = None,
+        accept: AnswerGate | None = None,
     ) -> LoopOutcome:
         """Run the REPL loop in `sb` (started, context loaded) until a finish, a limit or a budget.
 
         Registers llm_query / llm_query_batched / rlm_query on `sb` (bound to `lm` and these
         tags) and resets `answer`; extra tools must already be registered by the caller and
         described in `extra_tools_doc` (one line each, shown in the system prompt).
+
+        `accept(answer, cells)` sees every answer the agent marks ready: None finishes the
+        loop; a reason sends it back to the agent, whose answer is reset, and counts as a
+        failed step (the team verifies answers here, so a rejection costs a step, not a
+        whole new attempt).
         """
         trace = trace if trace is not None else (self.trace if self.trace is not None else Trace())
         state = _LoopState()
@@ -402,13 +412,23 @@ class RLM:
                     feedback, check, failed = [prompts.RLM_NO_CODE], None, True
                 else:
                     feedback, check, failed = await run_blocks(blocks)
+                    refusal: str | None = None
                     if check is not None and check.ready:
-                        emit("agent_step", iteration=iteration, action="answered")
-                        return outcome("answered", check.content, finished_by="state")
+                        refusal = await accept(check.content or "", state.cells) if accept else None
+                        if refusal is None:
+                            emit("agent_step", iteration=iteration, action="answered")
+                            return outcome("answered", check.content, finished_by="state")
+                        emit("agent_step", iteration=iteration, action="answer sent back")
+                        await sb.set_variables(answer={"content": None, "ready": False})
+                        feedback.append(prompts.ANSWER_REFUSED.format(reason=refusal))
+                        check, failed = None, True
                     if failed:
                         consecutive += 1
                         bad = state.cells[-1]
-                        last_error = bad.error or ("cell timed out" if bad.timed_out else "cell failed")
+                        last_error = (
+                            f"answer refused: {refusal}" if refusal is not None
+                            else bad.error or ("cell timed out" if bad.timed_out else "cell failed")
+                        )
                     else:
                         consecutive = 0
                 if consecutive >= self.max_consecutive_errors:
@@ -439,6 +459,11 @@ class RLM:
             if blocks:
                 _, check, _ = await run_blocks(blocks)
                 if check is not None and check.ready:
+                    refusal = await accept(check.content or "", state.cells) if accept else None
+                    if refusal is not None:
+                        message = f"the last answer was refused: {refusal}"
+                        emit("error", message=message)
+                        return outcome("error", check.content, error=message)
                     emit("agent_step", iteration=iteration, action="answered")
                     return outcome("answered", check.content, finished_by="state")
             # A fence-less reply that was run as code is not also an answer text.

@@ -611,10 +611,23 @@ class Team:
             chunk_lines=prompts.sample_lines(self._chunk_text(run, chunk)),
             gists=run.context.prompt_view(self.config.gist_tokens), retry=retry,
         )
+        answer_verdicts: list[Verdict] = []
+
+        async def accept(answer: str, cells: Sequence[Cell]) -> str | None:
+            # An answer set without propose() is verified before the agent stops, so a
+            # rejection reaches it while its REPL still holds its work.
+            if len(state.verdicts) > len(answer_verdicts):
+                return None  # it proposed: those verdicts decide the task
+            state.cells = list(cells)
+            verdict = await self._propose_answer(run, state, task, answer)
+            answer_verdicts.append(verdict)
+            state.verdicts.append(verdict)
+            return None if verdict.ok else verdict.reason
+
         outcome = await self._rlm(run).loop(
             sb, question=message, context_description=run.description,
             extra_tools_doc=prompts.TEAM_TOOLS_DOC, lm=run.lm, agent_id=state.agent_id,
-            task_id=task.id, role="root", trace=run.trace,
+            task_id=task.id, role="root", trace=run.trace, accept=accept,
         )
         if outcome.status == "budget" and outcome.exceeded is not None:
             raise outcome.exceeded
@@ -654,8 +667,15 @@ class Team:
             if check is not None and chunk is not None else None
         )
         return await run.verifier.verify(
-            gist, source=self._chunk_text(run, chunk), check_vars=check_vars, require_check=False
+            gist, source=self._chunk_text(run, chunk), check_vars=check_vars, require_check=False,
+            reject_empty=self._first_attempt(state),
         )
+
+    @staticmethod
+    def _first_attempt(state: _AgentState) -> bool:
+        """An empty partial gets one second look: rejected (with a hint) on the task's first
+        attempt, accepted on a retry, so a chunk that truly holds nothing costs one retry."""
+        return state.task is not None and state.task.attempts <= 1
 
     def _provenance(self, run: _Run, state: _AgentState) -> Provenance:
         return Provenance(
@@ -712,7 +732,7 @@ class Team:
             )
             verdict = await run.verifier.verify(
                 gist, source=self._chunk_text(run, chunk) if chunk is not None else None,
-                check_vars=check_vars,
+                check_vars=check_vars, reject_empty=self._first_attempt(state),
             )
             state.verdicts.append(verdict)
             return verdict.for_agent()
@@ -881,7 +901,7 @@ class Team:
 
     async def _finalize_hybrid(self, run: _Run, state: _AgentState, sb: Any, failed_note: str, last: bool) -> tuple[str | None, list[str]]:
         cfg = self.config
-        setup = "chunk_doc = chunk_start = chunk_end = None\nchunk = context\ntask_id = None"
+        setup = "chunk_doc = chunk_start = chunk_end = None\nchunk = context\ntask_id = None\n" + prompts.ADD_UP_CODE
         await sb.execute(setup, timeout=60)
         message = prompts.TEAM_FINALIZE.format(
             round=run.finalize_round, rounds=cfg.max_finalize_rounds, question=run.question,

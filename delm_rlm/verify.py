@@ -126,6 +126,26 @@ class VerificationStats(BaseModel):
     )
 
 
+EMPTY_RESULT = (
+    "the result is empty although the chunk has {lines} non-empty lines: the code matched "
+    "nothing, e.g. a field these lines do not have. Match what the lines contain; if they "
+    "do not state what the question is about (such as a label), label them first and count "
+    "the labels, listing every label the question names, written exactly as it writes them:\n"
+    "```repl\n"
+    "from collections import Counter\n"
+    'labels = classify(chunk.splitlines(), ["label 1", "label 2", "label 3"])\n'
+    "counts = Counter(labels)\n"
+    "print(dict(counts))\n"
+    'answer["content"] = str(dict(counts))\n'
+    'answer["ready"] = True\n'
+    "```"
+)
+
+
+def _is_empty(value: Any) -> bool:
+    return isinstance(value, (dict, list, tuple, str)) and not (value.strip() if isinstance(value, str) else value)
+
+
 class _Rejection(Exception):
     def __init__(self, stage: str, reason: str, *, record: bool = True, output: str | None = None):
         super().__init__(reason)
@@ -423,11 +443,14 @@ class Verifier:
         source: str | None = None,
         check_vars: dict[str, Any] | None = None,
         require_check: bool | None = None,
+        reject_empty: bool = False,
     ) -> Verdict:
         """Decide one proposal. `source`: text the claim is about (the task's chunk), shown
         to the judge; `check_vars`: the task's slice (chunk_doc, chunk_start, chunk_end)
         exposed to the check; `require_check`: a claimed value must come with a check
-        (default: the verifier's setting)."""
+        (default: the verifier's setting); `reject_empty`: a PARTIAL whose value is empty
+        ({}, [], "") about a `source` with text is rejected as counting nothing (the team
+        asks this on a task's first attempt only, so a truly empty chunk still gets in)."""
         started = time.perf_counter()
         self.stats.proposed += 1
         agent = gist.provenance.agent_id
@@ -449,6 +472,13 @@ class Verifier:
             duplicate = self.context.find_duplicate(pending)
             if duplicate is not None:
                 return self._merge(pending, duplicate.id, checks)
+            if reject_empty and gist.kind == GistKind.PARTIAL and _is_empty(gist.value) and source:
+                lines = sum(1 for line in source.splitlines() if line.strip())
+                if lines:
+                    # A self-consistent check of an empty count proves only that the code
+                    # matched nothing (typically a field the lines do not have): recorded as
+                    # a FAILURE gist, so no agent repeats it.
+                    raise _Rejection("empty", EMPTY_RESULT.format(lines=lines))
 
             # 2. quotes
             quotes = [e for e in gist.evidence if isinstance(e, QuoteEvidence)]

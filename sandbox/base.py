@@ -12,6 +12,7 @@ import asyncio
 import pickle
 import re
 import secrets
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -83,6 +84,11 @@ class Sandbox(ABC):
         self._context: tuple[Any, corpus.Kind, str] | None = None  # object, kind, file name
         self._started = False
         self._lock = asyncio.Lock()
+        # Host time spent serving the REPL's tool calls (model calls through the bridge): a
+        # cell's timeout is for its own code, so a backend may leave this time out of it.
+        self._tool_calls_in_flight = 0
+        self._tool_seconds_done = 0.0
+        self._tool_busy_since: float | None = None
 
     # ---- what a backend provides ------------------------------------------------------------
 
@@ -256,8 +262,25 @@ class Sandbox(ABC):
         if not self._started:
             raise SandboxError("the sandbox is not started: use `async with sandbox:` or `await sandbox.start()`")
 
+    def tool_seconds(self) -> float:
+        """Seconds so far (cumulative, the call in flight included) during which the host was
+        serving at least one of this REPL's tool calls."""
+        busy = self._tool_seconds_done
+        if self._tool_busy_since is not None:
+            busy += time.perf_counter() - self._tool_busy_since
+        return busy
+
     async def _handle_bridge(self, request: Any) -> dict[str, Any]:
-        return await bridge.dispatch(self._tools, self._token, request)
+        if self._tool_calls_in_flight == 0:
+            self._tool_busy_since = time.perf_counter()
+        self._tool_calls_in_flight += 1
+        try:
+            return await bridge.dispatch(self._tools, self._token, request)
+        finally:
+            self._tool_calls_in_flight -= 1
+            if self._tool_calls_in_flight == 0 and self._tool_busy_since is not None:
+                self._tool_seconds_done += time.perf_counter() - self._tool_busy_since
+                self._tool_busy_since = None
 
     async def _internal(self, code: str) -> None:
         """Run framework code in the REPL; it must succeed."""

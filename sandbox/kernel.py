@@ -177,11 +177,14 @@ class KernelSandbox(Sandbox):
         stdout: list[str] = []
         stderr: list[str] = []
         error: str | None = None
-        deadline = started + timeout
+        tools_before = self.tool_seconds()
         interrupted_at: float | None = None
         outcome: Literal["done", "died", "stuck"] = "done"
         while True:
             now = time.perf_counter()
+            # The limit is on the cell's own code: time the host spends answering its tool
+            # calls (a classify over hundreds of lines is minutes of model time) is added back.
+            deadline = started + timeout + (self.tool_seconds() - tools_before)
             if interrupted_at is None and now >= deadline:
                 interrupted_at = now
                 with contextlib.suppress(Exception):
@@ -227,14 +230,14 @@ class KernelSandbox(Sandbox):
             result.timed_out = True
             if outcome == "stuck":
                 result.error = (
-                    f"TimeoutError: the cell ran longer than {timeout:g} s and did not stop when "
+                    f"TimeoutError: the cell ran longer than {timeout:g} s (model calls not counted) and did not stop when "
                     f"interrupted; the kernel was restarted and all variables were lost"
                 )
                 result.restarted = True
                 await self._backend_restart()
             else:
                 result.error = (
-                    f"TimeoutError: the cell ran longer than {timeout:g} s and was interrupted; "
+                    f"TimeoutError: the cell ran longer than {timeout:g} s (model calls not counted) and was interrupted; "
                     f"variables defined before it are kept"
                 )
         result.duration_s = time.perf_counter() - started

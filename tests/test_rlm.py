@@ -168,6 +168,33 @@ async def test_error_then_recovery() -> None:
     assert (result.status, result.answer, result.iterations) == ("answered", "1", 3)
 
 
+async def test_an_answer_gate_sends_a_refused_answer_back_to_the_agent() -> None:
+    # The team verifies an answer before the agent stops: a refusal reaches the agent with
+    # its REPL intact and costs one step; three refusals in a row end the loop.
+    from sandbox import KernelSandbox
+
+    seen: list[str] = []
+
+    async def gate(answer: str, cells: Any) -> str | None:
+        seen.append(answer)
+        return None if answer == "2" else f"{answer} is not the count (cells so far: {len(cells)})"
+
+    script = Script([FINISH.replace("str(n)", "'0'"), repl("n = 2"), FINISH])
+    lm = ScriptedLM(script)
+    async with KernelSandbox() as sb:
+        await sb.load_context("one\ntwo")
+        out = await RLM(lm).loop(sb, question="How many?", context_description="2 lines", lm=lm, accept=gate)
+        assert (out.status, out.answer, out.iterations) == ("answered", "2", 3)
+        assert seen == ["0", "2"]
+        assert "not accepted: 0 is not the count (cells so far: 1)" in script.last_user(1)
+        assert "'ready': False" not in script.last_user(1)
+
+        script.root = [FINISH.replace("str(n)", "'0'")] * 3
+        out = await RLM(lm, max_consecutive_errors=3).loop(
+            sb, question="How many?", context_description="2 lines", lm=lm, accept=gate)
+        assert out.status == "error" and "answer refused: 0 is not the count" in (out.error or "")
+
+
 async def test_max_consecutive_errors_stops_the_run() -> None:
     script = Script([
         "I think the answer is 12.",  # no code block: a failed step

@@ -117,3 +117,21 @@ async def test_many_concurrent_calls_from_threads(sb: KernelSandbox) -> None:
 async def test_two_sandboxes_have_different_tokens(sb: KernelSandbox) -> None:
     other = KernelSandbox()
     assert other._token != sb._token and len(sb._token) >= 32
+
+
+async def test_cell_timeout_leaves_out_time_spent_in_tool_calls(sb: KernelSandbox) -> None:
+    # A cell that waits on slow model calls (classify over many lines) is not cut off: the
+    # limit is on its own code. Its own runaway code still is.
+    async def slow_model(prompt: str) -> str:
+        await asyncio.sleep(0.8)
+        return prompt.upper()
+
+    sb.register("slow_model", slow_model)
+    before = sb.tool_seconds()
+    r = await sb.execute("out = [slow_model(w) for w in ['a', 'b', 'c']]\nprint(out)", timeout=1.0)
+    assert r.ok and not r.timed_out, r.error
+    assert r.stdout.strip() == "['A', 'B', 'C']" and r.duration_s > 2.0
+    assert sb.tool_seconds() - before >= 2.3
+    r = await sb.execute("slow_model('x')\nwhile True:\n    pass", timeout=1.0)
+    assert r.timed_out and "model calls not counted" in (r.error or "")
+    assert 1.7 < r.duration_s < 6.0

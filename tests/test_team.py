@@ -165,6 +165,90 @@ answer["ready"] = True
     assert RunStore(result.store_path).list_gists(status="admitted", kinds="partial") == []
 
 
+async def test_an_empty_partial_is_sent_back_once_with_a_hint(tmp_path: Path) -> None:
+    """Small models copy the worked example's field ("Label: ") into lines that have no such
+    field, and the check faithfully prints {}. The first such proposal is rejected with a
+    hint and recorded as a FAILURE gist; the agent that reads the hint counts what the lines
+    hold. An agent that insists gets its empty result in on the task's retry: a chunk may
+    truly hold nothing."""
+    def counting(label_of: str, marker: str) -> str:
+        return f'''```repl
+check = """
+from collections import Counter
+counts = Counter({label_of} for line in chunk.splitlines() if {marker!r} in line)
+print(dict(counts))
+"""
+exec(check)
+print(propose("partial", f"counts {{dict(counts)}}", value=dict(counts), check=check))
+```'''
+
+    by_missing_field = counting('line.split("Label: ")[-1]', "Label: ")  # the example's field
+    by_prefix = counting('line.split(":")[0]', ":")  # what these lines hold
+    finish = 'Done.\n```repl\nanswer["content"] = "proposed"\nanswer["ready"] = True\n```'
+
+    def script(messages: list[dict], role: str) -> str:
+        if role == "finalizer":
+            return counts_finalizer("Answer: {total['spam']}")
+        if role == "verifier":
+            return "REJECT: no judge needed"
+        last = messages[-1]["content"]
+        if "classify(" in last and "result is empty" in last:
+            return by_prefix  # read the hint
+        if "REPL output" in last:
+            return finish
+        return by_missing_field
+
+    result = await Team(ScriptedLM(script), agents=2, run_dir=tmp_path / "run").run(QUESTION, DOCS)
+    assert result.status == "answered", result.error
+    assert result.answer == f"Answer: {TRUE_COUNT}"
+    store = RunStore(result.store_path)
+    failures = store.list_gists(status="admitted", kinds="failure")
+    assert failures and all("result is empty" in g.text for g in failures)
+    assert all(t.attempts == 1 for t in TaskQueue(store).all())  # fixed within the attempt
+
+    def stubborn(messages: list[dict], role: str) -> str:
+        if role in {"finalizer", "verifier"}:
+            return script(messages, role)
+        return finish if "REPL output" in messages[-1]["content"] else by_missing_field
+
+    result = await Team(ScriptedLM(stubborn), agents=1, run_dir=tmp_path / "stubborn").run(QUESTION, DOCS[:1])
+    store = RunStore(result.store_path)
+    (task,) = TaskQueue(store).all()
+    assert task.state == TaskState.DONE and task.attempts == 2
+    assert [g.value for g in store.list_gists(status="admitted", kinds="partial")] == [{}]
+
+
+async def test_finalizer_add_up_adds_count_partials_and_skips_what_is_not_a_count(tmp_path: Path) -> None:
+    """The finalizer's REPL has add_up(gists): dict values added key by key, numbers under
+    "value", anything else skipped with a printed note (small models writing that loop
+    themselves crash on the first str value)."""
+    counts_code = """```repl
+from collections import Counter
+counts = Counter(line.split(":")[0] for line in chunk.splitlines() if ":" in line)
+answer["content"] = "spam wins" if "cruise" in chunk else str(dict(counts))
+answer["ready"] = True
+```"""
+    final_code = """```repl
+total = add_up(gists(kind="partial"))
+print(total.most_common())
+answer["content"] = f"Answer: {total['spam']}"
+answer["ready"] = True
+```"""
+
+    def script(messages: list[dict], role: str) -> str:
+        if role == "finalizer":
+            return final_code
+        if role == "verifier":
+            return "REJECT: not needed"
+        return counts_code
+
+    result = await Team(ScriptedLM(script), agents=2, run_dir=tmp_path / "run").run(QUESTION, DOCS)
+    assert result.status == "answered", result.error
+    assert result.answer == f"Answer: {TRUE_COUNT - 1}"  # the cruise chunk's one spam line is not a count
+    cells = [e for e in Trace.load(result.trace_path) if e.kind == "code_cell" and e.task == "final"]
+    assert "add_up: skipped" in cells[-1].data["stdout"] and "'spam wins' is not a count" in cells[-1].data["stdout"]
+
+
 # -- delm mode (no REPL) -------------------------------------------------------------------
 
 
