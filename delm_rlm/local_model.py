@@ -372,6 +372,9 @@ class LocalServer:
             "--n_ctx", str(self.n_ctx),
             "--n_threads", str(self.n_threads),
             "--n_threads_batch", str(self.n_threads),
+            # Flash attention: prompt reading 85 vs 69 tokens/s at 1.5K tokens, 57 vs 52 at
+            # 6.8K (one run each on a 2-core VM); only the attention kernel changes.
+            "--flash_attn", "True",
             "--interrupt_requests", "False",  # never cut a running request for a queued one
             "--verbose", "True",  # llama.cpp's per-request timings go to the log
         ]
