@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from delm_rlm.cli import out_console
 from evals.methods import MethodOptions, parse_methods
 from evals.report import render_report
 from evals.runner import arun_eval
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=True)
     out = asyncio.run(bench(args, console))
     stem = out.with_suffix("")
-    render_report(out, markdown=f"{stem}.md", plot=f"{stem}.png", console=Console())
+    render_report(out, markdown=f"{stem}.md", plot=f"{stem}.png", console=out_console())
     console.print(f"results: {out}, report: {stem}.md, plot: {stem}.png")
     return 0
 

@@ -402,8 +402,9 @@ def main_eval(args: Any) -> int:
 
 def main_report(args: Any) -> int:
     """Entry point for `delm-rlm report RESULTS [--markdown PATH] [--plot PATH]`."""
+    from delm_rlm.cli import out_console
     from evals.report import render_report
 
-    render_report(args.results, markdown=getattr(args, "markdown", None), plot=getattr(args, "plot", None), console=Console())
+    render_report(args.results, markdown=getattr(args, "markdown", None), plot=getattr(args, "plot", None), console=out_console())
     return 0
 
