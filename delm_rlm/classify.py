@@ -115,7 +115,17 @@ def _validate(items: Any, labels: Any, instruction: Any) -> tuple[list[str], lis
             "classify(items, labels) takes a non-empty list of label strings, e.g. "
             f"['spam', 'ham']; got {labels!r}"[:300]
         )
-    label_list = [str(label).strip() for label in labels]
+    if not all(isinstance(label, str) for label in labels):
+        raise TypeError(
+            "labels must be strings, the labels the question names written out; got "
+            f"{list(labels)!r}"[:300]
+        )
+    if len(labels) < 2:
+        raise ValueError(
+            f"classify needs at least two labels to choose from; got {list(labels)!r} "
+            "(add 'other' for everything else)"[:300]
+        )
+    label_list = [label.strip() for label in labels]
     if any(not label for label in label_list) or len(set(label_list)) != len(label_list):
         raise ValueError(f"labels must be distinct non-empty strings; got {label_list!r}"[:300])
     return [str(item) for item in items], label_list, str(instruction or "").strip()

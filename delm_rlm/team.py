@@ -54,7 +54,7 @@ from delm_rlm.result import Result
 from delm_rlm.rlm import RLM, Cell
 from delm_rlm.store import RunStore, utc_now_iso
 from delm_rlm.trace import Trace, observe_model_calls
-from delm_rlm.verify import Verdict, Verifier
+from delm_rlm.verify import Verdict, Verifier, named_labels
 
 TeamMode = Literal["hybrid", "delm"]
 PlanMode = Literal["split", "model"]
@@ -333,6 +333,7 @@ class Team:
             sandbox_factory=self._sandbox_factory() if cfg.mode == "hybrid" else None,
             corpus_value=corpus.value, trace=trace, judge=cfg.judge,
             check_timeout=cfg.check_timeout, require_check_for_values=cfg.mode == "hybrid",
+            label_hint=named_labels(question),
         )
         self.verifier = verifier
         description = prompts.describe_context(corpus.value)

@@ -130,16 +130,43 @@ EMPTY_RESULT = (
     "the result is empty although the chunk has {lines} non-empty lines: the code matched "
     "nothing, e.g. a field these lines do not have. Match what the lines contain; if they "
     "do not state what the question is about (such as a label), label them first and count "
-    "the labels, listing every label the question names, written exactly as it writes them:\n"
+    "the labels:\n"
     "```repl\n"
     "from collections import Counter\n"
-    'labels = classify(chunk.splitlines(), ["label 1", "label 2", "label 3"])\n'
+    "{labels_code}"
     "counts = Counter(labels)\n"
     "print(dict(counts))\n"
     'answer["content"] = str(dict(counts))\n'
     'answer["ready"] = True\n'
     "```"
 )
+# Without labels named in the question the hint has a placeholder that fails if copied as it
+# is ([...] is not a label), instead of one that runs and counts made-up labels.
+LABELS_PLACEHOLDER = (
+    "LABELS = [...]  # every label the question (or the text) names, written exactly as there\n"
+    "labels = classify(chunk.splitlines(), LABELS)\n"
+)
+
+
+def empty_result_reason(lines: int, labels: Sequence[str] = ()) -> str:
+    """Why an empty partial is sent back, with a classify example over `labels` (the ones
+    the question lists) or, when it lists none, over a placeholder to fill in."""
+    code = (
+        f"labels = classify(chunk.splitlines(), {json.dumps(list(labels), ensure_ascii=False)})\n"
+        if len(labels) >= 2 else LABELS_PLACEHOLDER
+    )
+    return EMPTY_RESULT.format(lines=lines, labels_code=code)
+
+
+def named_labels(question: str) -> list[str]:
+    """The labels a question lists ("... where answer is one of the labels: a, b, c."), in
+    its order; [] when it lists fewer than two."""
+    found = re.search(r"one of the (?:labels|categories|classes)\s*:\s*([^\n]+)", question, re.IGNORECASE)
+    if not found:
+        return []
+    items = [item.strip().strip("'\"").rstrip(".").strip() for item in found.group(1).split(",")]
+    items = list(dict.fromkeys(item for item in items if item))
+    return items if len(items) >= 2 else []
 
 
 def _is_empty(value: Any) -> bool:
@@ -379,6 +406,7 @@ class Verifier:
         require_check_for_values: bool = True,
         judge_source_chars: int = JUDGE_SOURCE_CHARS,
         replay_tools: Mapping[str, Callable[..., Any]] | None = None,
+        label_hint: Sequence[str] = (),
     ) -> None:
         self.context = context
         self.docs = list(docs)
@@ -396,6 +424,7 @@ class Verifier:
         # Host functions a check may call, answering from what the agents' calls recorded
         # (e.g. classify -> ClassificationLog.replay): deterministic, no model calls.
         self.replay_tools = dict(replay_tools or {})
+        self.label_hint = list(label_hint)  # the question's labels, for the empty-result hint
         self.stats = VerificationStats()
         self._sandbox: Sandbox | None = None
         self._code_lock = asyncio.Lock()
@@ -478,7 +507,7 @@ class Verifier:
                     # A self-consistent check of an empty count proves only that the code
                     # matched nothing (typically a field the lines do not have): recorded as
                     # a FAILURE gist, so no agent repeats it.
-                    raise _Rejection("empty", EMPTY_RESULT.format(lines=lines))
+                    raise _Rejection("empty", empty_result_reason(lines, self.label_hint))
 
             # 2. quotes
             quotes = [e for e in gist.evidence if isinstance(e, QuoteEvidence)]

@@ -139,7 +139,7 @@ async def test_classify_batches_then_re_asks_for_what_a_batch_reply_missed() -> 
 async def test_classify_leaves_none_where_the_model_never_names_an_allowed_label() -> None:
     lm = ScriptedLM(lambda messages, role: "no idea, sorry")
     assert await classify(lm, ["a", "b"], ["x", "y"]) == [None, None]
-    assert await classify(lm, [], ["x"]) == []
+    assert await classify(lm, [], ["x", "y"]) == []
 
 
 @pytest.mark.parametrize(
@@ -149,6 +149,8 @@ async def test_classify_leaves_none_where_the_model_never_names_an_allowed_label
         (["a"], [], TypeError, "non-empty list of label strings"),
         (["a"], "spam", TypeError, "non-empty list of label strings"),
         (["a"], ["x", "x"], ValueError, "distinct non-empty"),
+        (["a"], [...], TypeError, "labels must be strings, the labels the question names"),  # a hint copied as is
+        (["a"], ["spam"], ValueError, "at least two labels"),
     ],
 )
 async def test_classify_bad_arguments_say_what_to_pass(items, labels, error, match) -> None:

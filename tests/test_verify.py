@@ -346,3 +346,15 @@ async def test_a_broken_verifier_sandbox_rejects_without_blaming_the_claim(tmp_p
     assert verdict.status == "rejected" and "sandbox failed" in verdict.reason
     assert verdict.failure_gist_id is None
     assert [g.status for g in store.list_gists()] == [GistStatus.REJECTED]  # decided, not left pending
+
+
+def test_empty_result_hint_lists_the_questions_labels_or_a_placeholder_that_cannot_run() -> None:
+    from delm_rlm.verify import empty_result_reason, named_labels
+
+    question = ("In the above data, which of the labels is the most common? Give your final answer in "
+                "the form 'Label: answer' where answer is one of the labels: entity, human being, location.")
+    assert named_labels(question) == ["entity", "human being", "location"]
+    assert named_labels("How many lines are labelled 'spam'? Answer in the form 'Answer: number'.") == []
+    hint = empty_result_reason(12, named_labels(question))
+    assert "12 non-empty lines" in hint and 'classify(chunk.splitlines(), ["entity", "human being", "location"])' in hint
+    assert "LABELS = [...]" in empty_result_reason(12, [])
