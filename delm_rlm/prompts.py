@@ -327,17 +327,20 @@ For a question that counts or compares things, share the count of every value of
 it is about (a dict), so the team can add chunks up. In code, copy text exactly as the lines \
 above write it (same case and words), even where the question words it differently. If the \
 lines do not state it (no such field), label them first: \
-labels = classify(chunk.splitlines(), ["a", "b"]) with the question's labels, then count. \
+labels = classify(chunk.splitlines(), [every label the question names, as quoted strings]), then \
+count those. \
 Example: lines like "Date: May 02 || Text: win cash now || Label: spam", question "Which \
-label is most common?" or "How many lines are labelled 'spam'?":
+label is most common?" or "How many lines are labelled 'spam'?" (for "Which date is most \
+common?" the field is "Date: " instead):
 ```repl
 check = '''
 from collections import Counter
-counts = Counter(line.split("Label: ")[-1].strip() for line in chunk.splitlines() if "Label: " in line)
+field = "Label: "
+counts = Counter(line.split(field)[-1].split(" || ")[0].strip() for line in chunk.splitlines() if field in line)
 print(dict(counts))
 '''
 exec(check)
-print(propose("partial", f"count per Label in my chunk: {{dict(counts)}}", value=dict(counts), check=check))
+print(propose("partial", f"count per {{field.strip(': ')}} in my chunk: {{dict(counts)}}", value=dict(counts), check=check))
 answer["content"] = str(dict(counts))
 answer["ready"] = True
 ```"""
