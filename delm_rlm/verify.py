@@ -148,14 +148,25 @@ LABELS_PLACEHOLDER = (
 )
 
 
-def empty_result_reason(lines: int, labels: Sequence[str] = ()) -> str:
+# `for line in chunk` walks a str character by character, so no "line" holds a field: the
+# most common cause of an empty count we saw from small models (benchmark, issue 4).
+_ITERATES_CHARACTERS = re.compile(r"\bfor\s+\w+\s+in\s+chunk\b(?!\s*[.\[(])")
+ITERATES_CHARACTERS = (
+    "your code loops `for ... in chunk`: chunk is one str, so that loop goes character by "
+    "character and no line ever matches; loop over chunk.splitlines() instead. "
+)
+
+
+def empty_result_reason(lines: int, labels: Sequence[str] = (), check: str = "") -> str:
     """Why an empty partial is sent back, with a classify example over `labels` (the ones
-    the question lists) or, when it lists none, over a placeholder to fill in."""
+    the question lists) or, when it lists none, over a placeholder to fill in. A `check`
+    that loops over the chunk's characters is told so first."""
     code = (
         f"labels = classify(chunk.splitlines(), {json.dumps(list(labels), ensure_ascii=False)})\n"
         if len(labels) >= 2 else LABELS_PLACEHOLDER
     )
-    return EMPTY_RESULT.format(lines=lines, labels_code=code)
+    cause = ITERATES_CHARACTERS if _ITERATES_CHARACTERS.search(check or "") else ""
+    return cause + EMPTY_RESULT.format(lines=lines, labels_code=code)
 
 
 def named_labels(question: str) -> list[str]:
@@ -507,7 +518,7 @@ class Verifier:
                     # A self-consistent check of an empty count proves only that the code
                     # matched nothing (typically a field the lines do not have): recorded as
                     # a FAILURE gist, so no agent repeats it.
-                    raise _Rejection("empty", empty_result_reason(lines, self.label_hint))
+                    raise _Rejection("empty", empty_result_reason(lines, self.label_hint, gist.check or ""))
 
             # 2. quotes
             quotes = [e for e in gist.evidence if isinstance(e, QuoteEvidence)]

@@ -358,3 +358,15 @@ def test_empty_result_hint_lists_the_questions_labels_or_a_placeholder_that_cann
     hint = empty_result_reason(12, named_labels(question))
     assert "12 non-empty lines" in hint and 'classify(chunk.splitlines(), ["entity", "human being", "location"])' in hint
     assert "LABELS = [...]" in empty_result_reason(12, [])
+    assert "character by character" not in hint
+
+
+def test_empty_result_hint_names_a_loop_over_the_chunks_characters() -> None:
+    from delm_rlm.verify import empty_result_reason
+
+    # The check a 1.5B agent wrote in the issue-4 benchmark: `chunk` is a str.
+    by_character = 'counts = Counter(l.split("Label: ")[-1] for line in chunk if "Label: " in line)'
+    assert empty_result_reason(5, check=by_character).startswith("your code loops `for ... in chunk`")
+    for by_line in ('for line in chunk.splitlines():', 'for line in chunk[:100].splitlines():',
+                    'for chunk_line in chunks:', 'for x in chunk_lines:'):
+        assert "character by character" not in empty_result_reason(5, check=by_line), by_line
