@@ -333,7 +333,9 @@ class Team:
             sandbox_factory=self._sandbox_factory() if cfg.mode == "hybrid" else None,
             corpus_value=corpus.value, trace=trace, judge=cfg.judge,
             check_timeout=cfg.check_timeout, require_check_for_values=cfg.mode == "hybrid",
-            label_hint=named_labels(question),
+            # The question's labels, else the ones the corpus's opening names (OOLONG windows
+            # list their categories in the first line, not in every question).
+            label_hint=named_labels(question) or named_labels(docs[0][:4000] if docs else ""),
         )
         self.verifier = verifier
         description = prompts.describe_context(corpus.value)

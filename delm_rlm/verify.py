@@ -170,12 +170,12 @@ def empty_result_reason(lines: int, labels: Sequence[str] = (), check: str = "")
 
 
 def named_labels(question: str) -> list[str]:
-    """The labels a question lists ("... where answer is one of the labels: a, b, c."), in
-    its order; [] when it lists fewer than two."""
-    found = re.search(r"one of the (?:labels|categories|classes)\s*:\s*([^\n]+)", question, re.IGNORECASE)
+    """The labels a text lists ("... where answer is one of the labels: a, b, c." or "one of
+    6 categories: 'a', 'b', ..."), in its order; [] when it lists fewer than two."""
+    found = re.search(r"one of (?:the |\d+ )?(?:labels|categories|classes)\s*:\s*([^\n]+)", question, re.IGNORECASE)
     if not found:
         return []
-    items = [item.strip().strip("'\"").rstrip(".").strip() for item in found.group(1).split(",")]
+    items = [item.strip().rstrip(".").strip().strip("'\"").strip() for item in found.group(1).split(",")]
     items = list(dict.fromkeys(item for item in items if item))
     return items if len(items) >= 2 else []
 

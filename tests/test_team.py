@@ -193,14 +193,21 @@ print(propose("partial", f"counts {{dict(counts)}}", value=dict(counts), check=c
             return "REJECT: no judge needed"
         last = messages[-1]["content"]
         if "classify(" in last and "result is empty" in last:
+            if last.startswith("REPL output"):  # the verdict itself, not a task prompt citing the failure
+                hints.append(last)
             return by_prefix  # read the hint
         if "REPL output" in last:
             return finish
         return by_missing_field
 
-    result = await Team(ScriptedLM(script), agents=2, run_dir=tmp_path / "run").run(QUESTION, DOCS)
+    hints: list[str] = []
+    # The corpus opens by naming its categories (as OOLONG windows do): the hint's classify
+    # example uses them, not made-up labels a small model would run as they are.
+    docs = ["Each line is one of 2 categories: 'spam', 'ham'.\n" + DOCS[0], *DOCS[1:]]
+    result = await Team(ScriptedLM(script), agents=2, run_dir=tmp_path / "run").run(QUESTION, docs)
     assert result.status == "answered", result.error
     assert result.answer == f"Answer: {TRUE_COUNT}"
+    assert hints and all("classify(chunk.splitlines(), [\"spam\", \"ham\"])" in h for h in hints), hints
     store = RunStore(result.store_path)
     failures = store.list_gists(status="admitted", kinds="failure")
     assert failures and all("result is empty" in g.text for g in failures)

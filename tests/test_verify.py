@@ -355,6 +355,10 @@ def test_empty_result_hint_lists_the_questions_labels_or_a_placeholder_that_cann
                 "the form 'Label: answer' where answer is one of the labels: entity, human being, location.")
     assert named_labels(question) == ["entity", "human being", "location"]
     assert named_labels("How many lines are labelled 'spam'? Answer in the form 'Answer: number'.") == []
+    intro = ("The following lines contain 39 general-knowledge questions, one per line. Each question has an "
+             "answer that can be described as one of 3 categories: 'numeric value', 'entity', 'human being'.\n\n"
+             "Date: Nov 02, 2022 || User: 61104 || Instance: How far away is the moon ?")
+    assert named_labels(intro) == ["numeric value", "entity", "human being"]
     hint = empty_result_reason(12, named_labels(question))
     assert "12 non-empty lines" in hint and 'classify(chunk.splitlines(), ["entity", "human being", "location"])' in hint
     assert "LABELS = [...]" in empty_result_reason(12, [])
