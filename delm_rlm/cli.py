@@ -62,7 +62,9 @@ def out_console() -> Console:
     # Results on stdout; soft wrapping keeps long answers intact when piped, and a pipe or a
     # log file gets tables 160 columns wide instead of rich's 80 (the report has 12 columns).
     console = Console(soft_wrap=True)
-    return console if console.is_terminal else Console(soft_wrap=True, width=max(console.width, 160))
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console
 
 
 def err_console() -> Console:

@@ -157,7 +157,7 @@ ITERATES_CHARACTERS = (
 )
 
 
-def empty_result_reason(lines: int, labels: Sequence[str] = (), check: str = "") -> str:
+def empty_result_reason(lines: int, labels: Sequence[str] = (), check: str | None = None) -> str:
     """Why an empty partial is sent back, with a classify example over `labels` (the ones
     the question lists) or, when it lists none, over a placeholder to fill in. A `check`
     that loops over the chunk's characters is told so first."""
@@ -165,14 +165,14 @@ def empty_result_reason(lines: int, labels: Sequence[str] = (), check: str = "")
         f"labels = classify(chunk.splitlines(), {json.dumps(list(labels), ensure_ascii=False)})\n"
         if len(labels) >= 2 else LABELS_PLACEHOLDER
     )
-    cause = ITERATES_CHARACTERS if _ITERATES_CHARACTERS.search(check or "") else ""
+    cause = ITERATES_CHARACTERS if check and _ITERATES_CHARACTERS.search(check) else ""
     return cause + EMPTY_RESULT.format(lines=lines, labels_code=code)
 
 
-def named_labels(question: str) -> list[str]:
+def named_labels(text: str) -> list[str]:
     """The labels a text lists ("... where answer is one of the labels: a, b, c." or "one of
     6 categories: 'a', 'b', ..."), in its order; [] when it lists fewer than two."""
-    found = re.search(r"one of (?:the |\d+ )?(?:labels|categories|classes)\s*:\s*([^\n]+)", question, re.IGNORECASE)
+    found = re.search(r"one of (?:the |\d+ )?(?:labels|categories|classes)\s*:\s*([^\n]+)", text, re.IGNORECASE)
     if not found:
         return []
     items = [item.strip().rstrip(".").strip().strip("'\"").strip() for item in found.group(1).split(",")]
@@ -435,7 +435,7 @@ class Verifier:
         # Host functions a check may call, answering from what the agents' calls recorded
         # (e.g. classify -> ClassificationLog.replay): deterministic, no model calls.
         self.replay_tools = dict(replay_tools or {})
-        self.label_hint = list(label_hint)  # the question's labels, for the empty-result hint
+        self.label_hint = list(label_hint)  # labels the question or corpus names, for the empty-result hint
         self.stats = VerificationStats()
         self._sandbox: Sandbox | None = None
         self._code_lock = asyncio.Lock()
@@ -518,7 +518,7 @@ class Verifier:
                     # A self-consistent check of an empty count proves only that the code
                     # matched nothing (typically a field the lines do not have): recorded as
                     # a FAILURE gist, so no agent repeats it.
-                    raise _Rejection("empty", empty_result_reason(lines, self.label_hint, gist.check or ""))
+                    raise _Rejection("empty", empty_result_reason(lines, self.label_hint, gist.check))
 
             # 2. quotes
             quotes = [e for e in gist.evidence if isinstance(e, QuoteEvidence)]
