@@ -16,38 +16,40 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    "LM": "delm_rlm.lm",
-    "Budget": "delm_rlm.lm",
-    "BudgetExceeded": "delm_rlm.lm",
-    "LMError": "delm_rlm.lm",
-    "Usage": "delm_rlm.lm",
-    "ScriptedLM": "delm_rlm.scripted",
+    "LM": "delm_rlm.llm.gateway",
+    "Budget": "delm_rlm.llm.gateway",
+    "BudgetExceeded": "delm_rlm.errors",
+    "LMError": "delm_rlm.errors",
+    "DelmError": "delm_rlm.errors",
+    "Usage": "delm_rlm.llm.gateway",
+    "ScriptedLM": "delm_rlm.llm.scripted",
     "RLM": "delm_rlm.rlm",
     "Result": "delm_rlm.result",
-    "Team": "delm_rlm.team",
+    "Team": "delm_rlm.team.team",
     "Trace": "delm_rlm.trace",
     "Gist": "delm_rlm.gists",
     "GistKind": "delm_rlm.gists",
-    "RunStore": "delm_rlm.store",
-    "TaskQueue": "delm_rlm.queue",
-    "SharedContext": "delm_rlm.context",
-    "Verifier": "delm_rlm.verify",
+    "RunStore": "delm_rlm.state.sqlite",
+    "TaskQueue": "delm_rlm.state.queue",
+    "SharedContext": "delm_rlm.state.context",
+    "Verifier": "delm_rlm.verify.gate",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
-    from delm_rlm.context import SharedContext
+    from delm_rlm.state.context import SharedContext
     from delm_rlm.gists import Gist, GistKind
-    from delm_rlm.lm import LM, Budget, BudgetExceeded, LMError, Usage
-    from delm_rlm.queue import TaskQueue
+    from delm_rlm.errors import BudgetExceeded, DelmError, LMError
+    from delm_rlm.llm.gateway import LM, Budget, Usage
+    from delm_rlm.state.queue import TaskQueue
     from delm_rlm.result import Result
     from delm_rlm.rlm import RLM
-    from delm_rlm.scripted import ScriptedLM
-    from delm_rlm.store import RunStore
-    from delm_rlm.team import Team
+    from delm_rlm.llm.scripted import ScriptedLM
+    from delm_rlm.state.sqlite import RunStore
+    from delm_rlm.team.team import Team
     from delm_rlm.trace import Trace
-    from delm_rlm.verify import Verifier
+    from delm_rlm.verify.gate import Verifier
 
 
 def __getattr__(name: str) -> Any:

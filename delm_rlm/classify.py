@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from delm_rlm import prompts
 
 if TYPE_CHECKING:
-    from delm_rlm.lm import LM
+    from delm_rlm.llm.gateway import LM
 
 DEFAULT_BATCH_ITEMS = 20
 DEFAULT_BATCH_CHARS = 2500

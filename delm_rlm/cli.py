@@ -20,6 +20,8 @@ scripted:module:function`.
 
 from __future__ import annotations
 
+from delm_rlm.errors import CLIError
+
 import argparse
 import asyncio
 import os
@@ -39,7 +41,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from delm_rlm.corpus import Corpus
-    from delm_rlm.lm import LM, Budget
+    from delm_rlm.llm.gateway import LM, Budget
     from delm_rlm.result import Result
     from delm_rlm.trace import Trace, TraceEvent
 
@@ -48,14 +50,6 @@ TREC_POOL_URL = "https://cogcomp.seas.upenn.edu/Data/QA/QC/train_5500.label"
 SCRIPTED_PREFIX = "scripted:"
 TRACE_FILE = "trace.jsonl"  # the same names the team uses for its run directory
 STORE_FILE = "store.sqlite"
-
-
-class CLIError(Exception):
-    """An error a person can act on: printed as one line, exit code `code`."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def out_console() -> Console:
@@ -75,7 +69,7 @@ def err_console() -> Console:
 
 
 def make_budget(args: argparse.Namespace) -> Budget | None:
-    from delm_rlm.lm import Budget
+    from delm_rlm.llm.gateway import Budget
 
     values = {
         "max_usd": getattr(args, "budget_usd", None),
@@ -95,9 +89,9 @@ def make_lm(model: str | None) -> LM:
 
     For the offline local model, checks up front that it is installed, so a missing extra is
     one line with the install command before anything starts (not an agent's error later)."""
-    from delm_rlm import local_model
-    from delm_rlm.lm import LM, default_model
-    from delm_rlm.scripted import ScriptedLM, load_script, scripted_from_env
+    from delm_rlm.llm import local as local_model
+    from delm_rlm.llm.gateway import LM, default_model
+    from delm_rlm.llm.scripted import ScriptedLM, load_script, scripted_from_env
 
     scripted = scripted_from_env()
     if scripted is not None:
@@ -147,7 +141,7 @@ async def run_question(
 
     try:
         if method == "hybrid":
-            from delm_rlm.team import Team
+            from delm_rlm.team.team import Team
 
             team = Team(lm, agents=agents, mode="hybrid", budget=budget, run_dir=run_dir,
                         trace_subscribers=list(subscribers))
@@ -168,7 +162,7 @@ async def run_question(
 
 async def _run_direct(lm: LM, question: str, corpus: Corpus, trace: Trace, budget: Budget | None) -> Result:
     """One call with the context middle-truncated to the window: the eval harness's `direct`."""
-    from delm_rlm.lm import BudgetExceeded
+    from delm_rlm.llm.gateway import BudgetExceeded
     from delm_rlm.result import Result
     from delm_rlm.trace import observe_model_calls
     from evals.methods import Direct, MethodOptions
@@ -417,7 +411,7 @@ def _evals(module: str) -> Any:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from delm_rlm.lm import default_model
+    from delm_rlm.llm.gateway import default_model
 
     runner = _evals("runner")
     if args.data and not Path(args.data).exists():
@@ -493,7 +487,7 @@ def _check_sandbox() -> tuple[bool, str]:
 
 
 def _check_local_model() -> tuple[bool, str]:
-    from delm_rlm import local_model as lm_mod
+    from delm_rlm.llm import local as lm_mod
 
     spec = lm_mod.QWEN_1_5B
     try:
@@ -512,7 +506,7 @@ def _check_local_model() -> tuple[bool, str]:
 
 
 def _check_local_speed() -> tuple[bool, str]:
-    from delm_rlm.lm import LM
+    from delm_rlm.llm.gateway import LM
 
     async def probe() -> tuple[float, int, float]:
         lm = LM("local", cache=False)
@@ -677,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         from delm_rlm.corpus import CorpusError
-        from delm_rlm.lm import BudgetExceeded, LMError
+        from delm_rlm.llm.gateway import BudgetExceeded, LMError
 
         if isinstance(exc, CLIError):
             return fail(str(exc), exc.code)

@@ -19,6 +19,8 @@ not mix in one corpus: the error says so.
 
 from __future__ import annotations
 
+from delm_rlm.errors import CorpusError
+
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -41,10 +43,6 @@ BINARY_HINTS = {
     ".gz": "decompress it first",
 }
 _SNIFF_BYTES = 8192
-
-
-class CorpusError(ValueError):
-    """A user's input cannot become a corpus; the message says what to do instead."""
 
 
 class Corpus:

@@ -300,7 +300,7 @@ def describe_context(context: Any, *, samples: int = 5) -> str:
 
 
 # --- team prompts ---
-# (owned by the team helper: delm_rlm.team and delm_rlm.verify; everything above is the RLM's)
+# (owned by the team helper: delm_rlm.team.team and delm_rlm.verify.gate; everything above is the RLM's)
 
 # Shown in every team agent's system prompt (rlm_system indents it). Identical for all agents
 # and tasks, so the system prompt stays one cacheable prefix.

@@ -13,6 +13,8 @@ changes the run it describes.
 
 from __future__ import annotations
 
+from delm_rlm.errors import RunNotFound
+
 import html
 import json
 import re
@@ -27,10 +29,6 @@ from delm_rlm.trace import Trace, TraceEvent
 TRACE_FILE = "trace.jsonl"
 STORE_FILE = "store.sqlite"
 _RUN_LANE = "run"  # events that belong to no agent (run start, queue, verifier without agent)
-
-
-class RunNotFound(FileNotFoundError):
-    """The path names no run (no trace and no store); the message says what was looked for."""
 
 
 @dataclass

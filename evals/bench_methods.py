@@ -91,7 +91,7 @@ def longbench_tasks(path: Path, n: int) -> list[Task]:
 
 
 async def bench(args: argparse.Namespace, console: Console) -> Path:
-    from delm_rlm.lm import LM
+    from delm_rlm.llm.gateway import LM
 
     methods = parse_methods(args.methods)
     options = MethodOptions(agents=args.agents, max_iterations=args.max_iterations, chunk_chars=args.chunk_chars)

@@ -37,8 +37,8 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from delm_rlm.queue import TaskQueue, TaskState
-from delm_rlm.store import RunStore
+from delm_rlm.state.queue import TaskQueue, TaskState
+from delm_rlm.state.sqlite import RunStore
 
 
 class BenchRow(BaseModel):

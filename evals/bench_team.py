@@ -11,7 +11,7 @@
    and delm modes, ScriptedLM agents; the gist view is capped by `gist_tokens`) against a
    central orchestrator that reads every worker report in its own prompt (the prompts of
    `evals.methods.Orchestrator`). ScriptedLM counts prompt tokens the same way for both
-   (delm_rlm.lm.approx_tokens); it measures prompt sizes, not answer quality.
+   (delm_rlm.llm.gateway.approx_tokens); it measures prompt sizes, not answer quality.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from delm_rlm.context import SharedContext  # noqa: E402
+from delm_rlm.state.context import SharedContext  # noqa: E402
 from delm_rlm.gists import Gist, Provenance, QuoteEvidence  # noqa: E402
-from delm_rlm.scripted import ScriptedLM  # noqa: E402
-from delm_rlm.store import RunStore  # noqa: E402
-from delm_rlm.team import Team  # noqa: E402
-from delm_rlm.verify import Verifier  # noqa: E402
+from delm_rlm.llm.scripted import ScriptedLM  # noqa: E402
+from delm_rlm.state.sqlite import RunStore  # noqa: E402
+from delm_rlm.team.team import Team  # noqa: E402
+from delm_rlm.verify.gate import Verifier  # noqa: E402
 
 console = Console()
 WORDS = ["invoice", "meeting", "lottery", "report", "crypto", "lunch", "prize", "notes"]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
-    from delm_rlm.lm import LM, Usage
+    from delm_rlm.llm.gateway import LM, Usage
     from tasks.model import Task
 
 METHOD_NAMES: tuple[str, ...] = ("direct", "rlm", "delm", "orchestrator", "hybrid")
@@ -203,7 +203,7 @@ class TeamMethod(Method):
     mode: ClassVar[str]
 
     async def solve(self, task: Task, lm: LM) -> Outcome:
-        from delm_rlm.team import Team
+        from delm_rlm.team.team import Team
 
         kwargs = dict(self.options.team)
         kwargs.setdefault("sandbox", self.options.sandbox)  # delm mode: only the verifier's
@@ -268,7 +268,7 @@ class Orchestrator(Method):
 
     async def solve(self, task: Task, lm: LM) -> Outcome:
         from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, split_corpus
-        from delm_rlm.team import TeamConfig
+        from delm_rlm.team.team import TeamConfig
         from tasks.longbench import truncate_middle
 
         context = task.get_context()
@@ -359,7 +359,7 @@ async def run_method(
 ) -> MethodResult:
     """Run method `name` on `task` in a fresh session of `lm`; never raises for a task's
     failure (the error is in the result), only for an unknown method name."""
-    from delm_rlm.lm import Budget, BudgetExceeded
+    from delm_rlm.llm.gateway import Budget, BudgetExceeded
 
     options = options or MethodOptions()
     method = get_method(name)(options)

@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:
-    from delm_rlm.lm import LM
+    from delm_rlm.llm.gateway import LM
     from evals.methods import MethodOptions, MethodResult
     from tasks.model import Task
 
@@ -244,7 +244,7 @@ async def arun_eval(
 
     own_lm = lm is None
     if lm is None:
-        from delm_rlm.lm import LM
+        from delm_rlm.llm.gateway import LM
 
         lm = LM(model)
     semaphore = asyncio.Semaphore(concurrency)

@@ -9,6 +9,8 @@ loss is formatting; it is reported *beside* the official score, never instead of
 
 from __future__ import annotations
 
+from delm_rlm.errors import ScoringError
+
 import ast
 import re
 from datetime import datetime
@@ -36,10 +38,6 @@ __all__ = [
 
 # The three phrases the synth parser collapses long comparison answers to.
 COMPARISON_PHRASES: tuple[str, ...] = ("more common", "less common", "same frequency")
-
-
-class ScoringError(ValueError):
-    """A gold answer that cannot be parsed (a data problem, not a model error)."""
 
 
 # ---------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ bridge registration, re-installation after a restart, error formatting.
 
 from __future__ import annotations
 
+from delm_rlm.errors import SandboxError
+
 import asyncio
 import pickle
 import re
@@ -28,10 +30,6 @@ INTERNAL_DIR = ".delm"  # inside the workspace: context file, variable transfers
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _RULE = re.compile(r"^-{20,}\s*$")
 TRACEBACK_CHARS = 1500
-
-
-class SandboxError(RuntimeError):
-    """The sandbox itself failed (could not start, lost its kernel, misused)."""
 
 
 class ExecResult(BaseModel):

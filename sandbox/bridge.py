@@ -17,6 +17,8 @@ Wire format: one JSON object each way,
 
 from __future__ import annotations
 
+from delm_rlm.errors import BridgeError
+
 import asyncio
 import contextlib
 import hmac
@@ -29,10 +31,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 MAX_MESSAGE = 256 * 1024 * 1024  # one request or reply; batched prompts can be large
-
-
-class BridgeError(Exception):
-    """A host function called through the bridge failed, or the call was refused."""
 
 
 def check_name(name: str) -> None:

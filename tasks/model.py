@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from delm_rlm.errors import DatasetError
+
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,22 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 Scorer = Literal["oolong_synth", "oolong_real", "longbench"]
 SCORERS: tuple[str, ...] = ("oolong_synth", "oolong_real", "longbench")
-
-
-class DatasetError(ValueError):
-    """A bad row or file: says which file, which row (1-based) and which field, and the fix."""
-
-    def __init__(self, file: str | Path | None, row: int | None, field: str | None, problem: str) -> None:
-        self.file = str(file) if file is not None else None
-        self.row = row
-        self.field = field
-        self.problem = problem
-        where = [self.file or "<rows>"]
-        if row is not None:
-            where.append(f"row {row}")
-        if field is not None:
-            where.append(f"field '{field}'")
-        super().__init__(f"{': '.join(where)}: {problem}")
 
 
 class Task(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from delm_rlm.lm import LMError
+from delm_rlm.llm.gateway import LMError
 
 
 def _text(messages: list[dict]) -> str:
@@ -134,8 +134,8 @@ async def build_run(run_dir):  # type: ignore[no-untyped-def]
     finalize. The corpus holds markup, to prove the report escapes what runs contain.
     Returns the Result; the run's files are in `run_dir`.
     """
-    from delm_rlm.scripted import ScriptedLM
-    from delm_rlm.team import Team
+    from delm_rlm.llm.scripted import ScriptedLM
+    from delm_rlm.team.team import Team
 
     team = Team(ScriptedLM(team_counter), agents=2, run_dir=run_dir, judge=False)
     return await team.run(FRUIT_QUESTION, FRUIT_DOCS)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delm_rlm.context import SharedContext, estimate_tokens, values_equal
+from delm_rlm.state.context import SharedContext, estimate_tokens, values_equal
 from delm_rlm.gists import (
     CodeEvidence,
     Gist,
@@ -20,7 +20,7 @@ from delm_rlm.gists import (
     normalize_text,
     text_numbers,
 )
-from delm_rlm.store import NotFound, RunStore
+from delm_rlm.state.sqlite import NotFound, RunStore
 
 DOCS = [
     "2024-01-03 | user 17 | label: spam\n2024-01-04 | user 18 | label: ham\n",

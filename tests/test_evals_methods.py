@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from delm_rlm.scripted import ScriptedLM
+from delm_rlm.llm.scripted import ScriptedLM
 from evals.methods import METHOD_NAMES, MethodOptions, agent_question, run_method
 from evals.runner import load_results, run_eval
 from tasks import longbench, oolong

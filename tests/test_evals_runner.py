@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from delm_rlm.lm import LMError
-from delm_rlm.scripted import ScriptedLM
+from delm_rlm.llm.gateway import LMError
+from delm_rlm.llm.scripted import ScriptedLM
 from evals.report import render_report
 from evals.runner import ResultRow, load_results, run_eval
 from tasks import longbench, oolong

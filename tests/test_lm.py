@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from delm_rlm.lm import LM, Budget, LMError, ResponseCache, Usage
-from delm_rlm.prices import price_for, register_price
+from delm_rlm.llm.gateway import LM, Budget, LMError, ResponseCache, Usage
+from delm_rlm.llm.prices import price_for, register_price
 
 
 def chat_json(text: str, model: str = "stub-model", prompt_tokens: int = 11, completion_tokens: int = 3) -> dict:
@@ -321,7 +321,7 @@ async def test_failed_calls_are_not_cached(stub: StubEndpoint, tmp_path: Path) -
 
 _WRITER = """
 import sys
-from delm_rlm.lm import ResponseCache, _Reply
+from delm_rlm.llm.gateway import ResponseCache, _Reply
 cache = ResponseCache(sys.argv[1])
 for i in range(40):
     cache.put(f"{sys.argv[2]}-{i}", "m", _Reply(text=str(i), input_tokens=i, output_tokens=1))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from delm_rlm import local_model
-from delm_rlm.lm import LM, LMError
-from delm_rlm.local_model import LocalModelSpec, LocalModelUnavailable, assemble
+from delm_rlm.llm import local as local_model
+from delm_rlm.llm.gateway import LM, LMError
+from delm_rlm.llm.local import LocalModelSpec, LocalModelUnavailable, assemble
 
 
 def make_parts(tmp_path: Path, chunks: list[bytes]) -> list[Path]:

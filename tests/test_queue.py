@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from delm_rlm.gists import Gist
-from delm_rlm.queue import LeaseLost, Task, TaskQueue, TaskState
-from delm_rlm.store import NotFound, RunStore
+from delm_rlm.state.queue import LeaseLost, Task, TaskQueue, TaskState
+from delm_rlm.state.sqlite import NotFound, RunStore
 from delm_rlm.trace import Trace
 
 

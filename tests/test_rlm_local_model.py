@@ -51,8 +51,8 @@ def oolong_window(n: int, seed: int) -> tuple[str, Counter[str]]:
 @pytest.fixture(scope="module")
 def local_lm():
     pytest.importorskip("llama_cpp", reason="the `local` extra is not installed: pip install 'delm-rlm[local]'")
-    from delm_rlm import local_model
-    from delm_rlm.lm import LM
+    from delm_rlm.llm import local as local_model
+    from delm_rlm.llm.gateway import LM
 
     try:
         local_model.ensure_model_file()

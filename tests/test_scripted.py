@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delm_rlm.lm import ROLES, Budget, BudgetExceeded, Completion, LMError, Usage, approx_tokens
-from delm_rlm.scripted import SCRIPTED_ENV, ScriptedLM, load_script, scripted_from_env
+from delm_rlm.llm.gateway import ROLES, Budget, BudgetExceeded, Completion, LMError, Usage, approx_tokens
+from delm_rlm.llm.scripted import SCRIPTED_ENV, ScriptedLM, load_script, scripted_from_env
 
 
 async def test_list_script_answers_in_order_then_says_it_is_exhausted() -> None:

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from delm_rlm.context import SharedContext
+from delm_rlm.state.context import SharedContext
 from delm_rlm.gists import CodeEvidence, Gist, GistKind, GistStatus, QuoteEvidence
-from delm_rlm.queue import TaskQueue
-from delm_rlm.store import SCHEMA_VERSION, NotFound, RunStore, StoreError
+from delm_rlm.state.queue import TaskQueue
+from delm_rlm.state.sqlite import SCHEMA_VERSION, NotFound, RunStore, StoreError
 
 
 class Boom(Exception):

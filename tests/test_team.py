@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from delm_rlm import Budget, RunStore, ScriptedLM, Team, Trace
 from delm_rlm.chunking import split_corpus
-from delm_rlm.queue import TaskQueue, TaskState
+from delm_rlm.state.queue import TaskQueue, TaskState
 from scripted_models import counts_finalizer
 
 DOCS = [

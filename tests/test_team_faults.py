@@ -16,7 +16,7 @@ from pathlib import Path
 
 from delm_rlm import RunStore, ScriptedLM, Team, Trace
 from delm_rlm.gists import GistStatus
-from delm_rlm.queue import TaskQueue, TaskState
+from delm_rlm.state.queue import TaskQueue, TaskState
 
 # The scripted model, as source: the killed subprocess and the resuming test use the same one.
 SCRIPT_SRC = '''

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from delm_rlm.gists import GistKind, GistStatus
-from delm_rlm.store import RunStore
+from delm_rlm.state.sqlite import RunStore
 from delm_rlm.trace import Trace
 from delm_rlm.trace_html import RunFiles, RunNotFound, RunReport, write_html
 from scripted_models import FRUIT_QUESTION, build_run

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delm_rlm.context import SharedContext
+from delm_rlm.state.context import SharedContext
 from delm_rlm.gists import Gist, GistKind, GistStatus, Provenance, QuoteEvidence
-from delm_rlm.scripted import ScriptedLM
-from delm_rlm.store import RunStore
+from delm_rlm.llm.scripted import ScriptedLM
+from delm_rlm.state.sqlite import RunStore
 from delm_rlm.trace import Trace
-from delm_rlm.verify import (
+from delm_rlm.verify.gate import (
     Verifier,
     check_quote,
     compare_printed,
@@ -349,7 +349,7 @@ async def test_a_broken_verifier_sandbox_rejects_without_blaming_the_claim(tmp_p
 
 
 def test_empty_result_hint_lists_the_questions_labels_or_a_placeholder_that_cannot_run() -> None:
-    from delm_rlm.verify import empty_result_reason, named_labels
+    from delm_rlm.verify.gate import empty_result_reason, named_labels
 
     question = ("In the above data, which of the labels is the most common? Give your final answer in "
                 "the form 'Label: answer' where answer is one of the labels: entity, human being, location.")
@@ -366,7 +366,7 @@ def test_empty_result_hint_lists_the_questions_labels_or_a_placeholder_that_cann
 
 
 def test_empty_result_hint_names_a_loop_over_the_chunks_characters() -> None:
-    from delm_rlm.verify import empty_result_reason
+    from delm_rlm.verify.gate import empty_result_reason
 
     # The check a 1.5B agent wrote in the issue-4 benchmark: `chunk` is a str.
     by_character = 'counts = Counter(l.split("Label: ")[-1] for line in chunk if "Label: " in line)'

@@ -55,12 +55,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from delm_rlm.context import SharedContext
+from delm_rlm.state.context import SharedContext
 from delm_rlm.gists import CodeEvidence, Gist, GistKind, Provenance, QuoteEvidence
 from delm_rlm.trace import Trace
 
 if TYPE_CHECKING:
-    from delm_rlm.lm import LM
+    from delm_rlm.llm.gateway import LM
     from sandbox import Sandbox
 
 QUOTE_SLACK_CHARS = 16
@@ -703,7 +703,7 @@ class Verifier:
             evidence=neutralize("\n".join(evidence_lines)) if evidence_lines else "(none)",
             source=neutralize(_truncate_middle(source, self.judge_source_chars)) if source else None,
         )
-        from delm_rlm.lm import LMError
+        from delm_rlm.llm.gateway import LMError
 
         try:
             completion = await self.lm.complete(

@@ -46,7 +46,7 @@ _PRICES: dict[str, Price] = {
 }
 
 # Tokens a model can attend to (prompt + completion). The local models' window is the n_ctx
-# their server is started with, so it is filled in by delm_rlm.local_model, not here.
+# their server is started with, so it is filled in by delm_rlm.llm.local, not here.
 _CONTEXT_WINDOWS: dict[str, int] = {
     "gpt-4o": 128_000,
     "gpt-4o-mini": 128_000,

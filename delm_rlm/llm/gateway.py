@@ -3,11 +3,11 @@
 One object gives a run everything it needs from a model endpoint:
 
 - any OpenAI-compatible chat endpoint through the `openai` client (OpenAI, vLLM, llama.cpp,
-  Ollama, ...), or the offline local model with `LM("local")` (see delm_rlm.local_model);
+  Ollama, ...), or the offline local model with `LM("local")` (see delm_rlm.llm.local);
 - bounded concurrency, and retries with exponential backoff on 408/409/429/5xx, timeouts and
   dropped connections (the openai client's own retry loop: it does exactly that, honouring
   Retry-After);
-- usage per call, per role and per run (calls, tokens, seconds, dollars from delm_rlm.prices);
+- usage per call, per role and per run (calls, tokens, seconds, dollars from delm_rlm.llm.prices);
 - budgets (dollars, tokens, seconds, calls) checked before every call, raising the typed
   `BudgetExceeded`;
 - an on-disk SQLite response cache keyed by the full request, on by default at temperature 0;
@@ -21,6 +21,8 @@ observers are the same code for every model.
 """
 
 from __future__ import annotations
+
+from delm_rlm.errors import BudgetExceeded, LMError
 
 import asyncio
 import hashlib
@@ -39,7 +41,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from delm_rlm.prices import PriceLike, context_window_for, price_for
+from delm_rlm.llm.prices import PriceLike, context_window_for, price_for
 
 ROLES = ("root", "sub", "verifier", "finalizer")
 
@@ -183,27 +185,6 @@ class Budget(BaseModel):
     @property
     def unlimited(self) -> bool:
         return all(v is None for v in (self.max_usd, self.max_tokens, self.max_seconds, self.max_calls))
-
-
-class BudgetExceeded(Exception):
-    """A budget no longer allows a call. Agents set `partial_answer` (their best answer so
-    far) before re-raising or reporting."""
-
-    def __init__(self, limit: str, used: float, allowed: float, partial_answer: str | None = None) -> None:
-        self.limit = limit  # "usd" | "tokens" | "seconds" | "calls"
-        self.used = used
-        self.allowed = allowed
-        self.partial_answer = partial_answer
-        super().__init__(f"budget exceeded: {limit} used {used:g} of {allowed:g} allowed")
-
-
-class LMError(Exception):
-    """A model call failed for good: endpoint unreachable, key rejected, bad request, retries
-    exhausted. The message says what to do."""
-
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status_code = status_code
 
 
 # --------------------------------------------------------------------------- internals
@@ -400,13 +381,13 @@ class LM:
     """A model endpoint with accounting, budgets, cache, routing and sessions.
 
     `LM("local")` is the offline local model (Qwen2.5-Coder-1.5B, served by llama.cpp on
-    127.0.0.1; see delm_rlm.local_model), whatever OPENAI_BASE_URL says. Any other name is a
+    127.0.0.1; see delm_rlm.llm.local), whatever OPENAI_BASE_URL says. Any other name is a
     model at `base_url` (default `$OPENAI_BASE_URL`, else api.openai.com) with `api_key`
     (default `$OPENAI_API_KEY`).
 
     cache: None = on when temperature == 0; True/False force it; a path puts the SQLite file
     there (a directory, or a file ending in .sqlite/.db).
-    prices: {model: (input_usd_per_mtok, output_usd_per_mtok)} overriding delm_rlm.prices.
+    prices: {model: (input_usd_per_mtok, output_usd_per_mtok)} overriding delm_rlm.llm.prices.
     routes: {role: model name or LM}; a name is another model at the same endpoint ("local" names
     are the local model); a routed LM serves as transport only: usage and budget are counted here.
     timeout: seconds per request attempt (default 120; 600 for the local model, whose requests
@@ -448,7 +429,7 @@ class LM:
             if not isinstance(target, str | LM):
                 raise LMError(f"routes[{role!r}] must be a model name or an LM, got {type(target).__name__}")
 
-        from delm_rlm import local_model  # lazy: local_model imports this module
+        from delm_rlm.llm import local as local_model  # lazy: local_model imports this module
 
         self.model = model
         self.temperature = float(temperature)
@@ -584,7 +565,7 @@ class LM:
         if self._context_window is not None:
             return self._context_window
         model = target or self.model
-        from delm_rlm import local_model
+        from delm_rlm.llm import local as local_model
 
         spec = local_model.spec_for(model)
         if spec is not None:
@@ -737,7 +718,7 @@ class LM:
                     raise LMError(
                         f"cannot enforce a dollar budget: the price of model {model!r} is unknown; "
                         f"pass LM(..., prices={{{model!r}: (input_usd_per_mtok, output_usd_per_mtok)}}) "
-                        "or call delm_rlm.prices.register_price, or budget tokens instead"
+                        "or call delm_rlm.llm.prices.register_price, or budget tokens instead"
                     )
                 if u.cost_usd >= b.max_usd:
                     raise BudgetExceeded("usd", round(u.cost_usd, 6), b.max_usd)
@@ -762,7 +743,7 @@ class LM:
     async def _prepare(self) -> None:
         """Get the endpoint ready before the call is timed (starts the local server once)."""
         if self._local is not None:
-            from delm_rlm import local_model
+            from delm_rlm.llm import local as local_model
 
             await asyncio.to_thread(local_model.ensure_server, self._local.name)
 
@@ -773,7 +754,7 @@ class LM:
 
         loop = asyncio.get_running_loop()
         if self._local is not None:
-            from delm_rlm import local_model
+            from delm_rlm.llm import local as local_model
 
             url = local_model.ensure_server(self._local.name).base_url
             key = "sk-no-key-needed"

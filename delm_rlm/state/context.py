@@ -29,7 +29,7 @@ from delm_rlm.gists import (
     normalize_text,
     text_numbers,
 )
-from delm_rlm.store import RunStore
+from delm_rlm.state.sqlite import RunStore
 
 NEAR_DUPLICATE_JACCARD = 0.9
 _LEVELS = {0: "text", 1: "summary", 2: "raw evidence"}

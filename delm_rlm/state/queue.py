@@ -21,6 +21,8 @@ depends on it with "dependency tX failed: <reason>".
 
 from __future__ import annotations
 
+from delm_rlm.errors import LeaseLost
+
 import json
 import sqlite3
 import time
@@ -30,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from delm_rlm.store import NotFound, RunStore, Tx
+from delm_rlm.state.sqlite import NotFound, RunStore, Tx
 from delm_rlm.trace import Trace
 
 MAX_GOAL_CHARS = 4000
@@ -62,16 +64,6 @@ class Task(BaseModel):
     errors: list[str] = Field(default_factory=list)  # every such reason, oldest first
     created_at: float
     updated_at: float
-
-
-class LeaseLost(Exception):
-    """The agent no longer holds the task's lease (reclaimed by another agent, or the task
-    left CLAIMED). Drop the work on this task; do not retry the call."""
-
-    def __init__(self, task_id: str, agent_id: str, detail: str) -> None:
-        super().__init__(f"agent {agent_id} no longer holds task {task_id}: {detail}")
-        self.task_id = task_id
-        self.agent_id = agent_id
 
 
 def _row_to_task(row: sqlite3.Row | tuple[Any, ...], columns: list[str]) -> Task:

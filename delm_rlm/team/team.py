@@ -45,16 +45,16 @@ from pydantic import BaseModel, Field, ValidationError
 from delm_rlm import prompts
 from delm_rlm.chunking import Chunk, SplitBy, split_corpus
 from delm_rlm.classify import ClassificationLog
-from delm_rlm.context import SharedContext
+from delm_rlm.state.context import SharedContext
 from delm_rlm.corpus import Corpus
 from delm_rlm.gists import Gist, GistKind, GistStatus, Provenance
-from delm_rlm.lm import LM, Budget, BudgetExceeded, LMError, Usage
-from delm_rlm.queue import LeaseLost, Task, TaskQueue, TaskState
+from delm_rlm.llm.gateway import LM, Budget, BudgetExceeded, LMError, Usage
+from delm_rlm.state.queue import LeaseLost, Task, TaskQueue, TaskState
 from delm_rlm.result import Result
 from delm_rlm.rlm import RLM, Cell
-from delm_rlm.store import RunStore, utc_now_iso
+from delm_rlm.state.sqlite import RunStore, utc_now_iso
 from delm_rlm.trace import Trace, observe_model_calls
-from delm_rlm.verify import Verdict, Verifier, named_labels
+from delm_rlm.verify.gate import Verdict, Verifier, named_labels
 
 TeamMode = Literal["hybrid", "delm"]
 PlanMode = Literal["split", "model"]

@@ -15,6 +15,8 @@ Design choices (why):
 
 from __future__ import annotations
 
+from delm_rlm.errors import NotFound, StoreError
+
 import asyncio
 import json
 import os
@@ -71,17 +73,6 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, seq);
 """
-
-
-class StoreError(Exception):
-    """The file is not a usable run store (wrong format, newer schema, locked too long)."""
-
-
-class NotFound(LookupError):
-    """No gist / task with that id in this run."""
-
-    def __str__(self) -> str:  # LookupError would show the message in quotes
-        return str(self.args[0]) if self.args else "not found"
 
 
 class RunMeta(BaseModel):

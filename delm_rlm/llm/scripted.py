@@ -5,7 +5,7 @@ async), and replaces only the transport of `LM`: usage, budgets, sessions, routi
 observers run through exactly the same code as for a real endpoint. A test that uses it tests
 the framework's mechanics, never a model's intelligence.
 
-Token counts are approximate, from delm_rlm.lm.approx_tokens (no tokenizer): the prompt is
+Token counts are approximate, from delm_rlm.llm.gateway.approx_tokens (no tokenizer): the prompt is
 the sum over messages of the content's approximate tokens plus 4 per message (role markers)
 plus 3 (assistant header); the completion is the approximate tokens of the answer. Counts are
 deterministic, so token budgets stop at the same call every run.
@@ -23,7 +23,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from delm_rlm.lm import LM, LMError, _Reply, _Request, approx_message_tokens, approx_tokens
+from delm_rlm.llm.gateway import LM, LMError, _Reply, _Request, approx_message_tokens, approx_tokens
 
 ScriptFunction = Callable[[list[dict[str, Any]], str], "str | Awaitable[str]"]
 Script = Sequence[str] | ScriptFunction

@@ -1,0 +1,1 @@
+"""The one gateway for every model call, its transports, the response cache and prices."""

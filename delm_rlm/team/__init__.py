@@ -1,0 +1,1 @@
+"""The team runtime: agents claiming tasks under leases and sharing verified gists."""
