@@ -13,7 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delm_rlm.llm.gateway import ROLES, Budget, BudgetExceeded, Completion, LMError, Usage, approx_tokens
+from delm_rlm.errors import BudgetExceeded, LMError
+from delm_rlm.llm.roles import BUILTIN_ROLES
+from delm_rlm.llm.tokens import approx_tokens
+from delm_rlm.llm.usage import Budget, Completion, Usage
 from delm_rlm.llm.scripted import SCRIPTED_ENV, ScriptedLM, load_script, scripted_from_env
 
 
@@ -341,7 +344,7 @@ def test_scripted_from_env_loads_module_attribute(monkeypatch: pytest.MonkeyPatc
 
 
 call_plan = st.lists(
-    st.tuples(st.integers(min_value=0, max_value=2), st.sampled_from(ROLES), st.text(max_size=40)),
+    st.tuples(st.integers(min_value=0, max_value=2), st.sampled_from(BUILTIN_ROLES), st.text(max_size=40)),
     max_size=25,
 )
 
