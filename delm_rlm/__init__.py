@@ -17,11 +17,11 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
     "LM": "delm_rlm.llm.gateway",
-    "Budget": "delm_rlm.llm.gateway",
+    "Budget": "delm_rlm.llm.usage",
     "BudgetExceeded": "delm_rlm.errors",
     "LMError": "delm_rlm.errors",
     "DelmError": "delm_rlm.errors",
-    "Usage": "delm_rlm.llm.gateway",
+    "Usage": "delm_rlm.llm.usage",
     "ScriptedLM": "delm_rlm.llm.scripted",
     "RLM": "delm_rlm.rlm",
     "Result": "delm_rlm.result",
@@ -41,7 +41,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from delm_rlm.state.context import SharedContext
     from delm_rlm.gists import Gist, GistKind
     from delm_rlm.errors import BudgetExceeded, DelmError, LMError
-    from delm_rlm.llm.gateway import LM, Budget, Usage
+    from delm_rlm.llm.gateway import LM
+    from delm_rlm.llm.usage import Budget, Usage
     from delm_rlm.state.queue import TaskQueue
     from delm_rlm.result import Result
     from delm_rlm.rlm import RLM

@@ -41,7 +41,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from delm_rlm.corpus import Corpus
-    from delm_rlm.llm.gateway import LM, Budget
+    from delm_rlm.llm import LM, Budget
     from delm_rlm.result import Result
     from delm_rlm.trace import Trace, TraceEvent
 
@@ -69,7 +69,7 @@ def err_console() -> Console:
 
 
 def make_budget(args: argparse.Namespace) -> Budget | None:
-    from delm_rlm.llm.gateway import Budget
+    from delm_rlm.llm import Budget
 
     values = {
         "max_usd": getattr(args, "budget_usd", None),
@@ -162,7 +162,7 @@ async def run_question(
 
 async def _run_direct(lm: LM, question: str, corpus: Corpus, trace: Trace, budget: Budget | None) -> Result:
     """One call with the context middle-truncated to the window: the eval harness's `direct`."""
-    from delm_rlm.llm.gateway import BudgetExceeded
+    from delm_rlm.errors import BudgetExceeded
     from delm_rlm.result import Result
     from delm_rlm.trace import observe_model_calls
     from evals.methods import Direct, MethodOptions
@@ -671,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         from delm_rlm.corpus import CorpusError
-        from delm_rlm.llm.gateway import BudgetExceeded, LMError
+        from delm_rlm.errors import BudgetExceeded, LMError
 
         if isinstance(exc, CLIError):
             return fail(str(exc), exc.code)

@@ -26,7 +26,7 @@ from rich.text import Text
 from delm_rlm.trace import Trace, TraceEvent
 
 if TYPE_CHECKING:
-    from delm_rlm.llm.gateway import Budget
+    from delm_rlm.llm import Budget
 
 QUEUE_STATES = ("pending", "ready", "claimed", "done", "failed")
 
@@ -63,7 +63,7 @@ class Usage:
 class LiveState:
     """What the view knows about a run, rebuilt event by event."""
 
-    budget: Any = None  # a delm_rlm.llm.gateway.Budget (duck-typed: max_usd, max_tokens, max_seconds, max_calls)
+    budget: Any = None  # a delm_rlm.llm.Budget (duck-typed: max_usd, max_tokens, max_seconds, max_calls)
     question: str = ""
     method: str = ""
     status: str = "running"

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from delm_rlm.llm.gateway import Usage
+from delm_rlm.llm.usage import Usage
 from delm_rlm.trace import TraceEvent
 
 Status = Literal["answered", "budget", "error"]

@@ -40,7 +40,7 @@ from delm_rlm import prompts
 from delm_rlm.classify import ClassificationLog
 from delm_rlm.classify import classify as classify_items
 from delm_rlm.codeblocks import close_open_fence, extract_code_blocks, strip_code_blocks
-from delm_rlm.llm.gateway import LM, Budget, BudgetExceeded, LMError
+from delm_rlm.llm import LM, Budget, BudgetExceeded, LMError
 from delm_rlm.result import FinishedBy, Result
 from delm_rlm.trace import Trace, observe_model_calls
 from sandbox import SandboxError

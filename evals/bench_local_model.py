@@ -33,7 +33,8 @@ from rich.console import Console
 from rich.table import Table
 
 from delm_rlm.llm import local as local_model
-from delm_rlm.llm.gateway import LM, approx_message_tokens
+from delm_rlm.llm.gateway import LM
+from delm_rlm.llm.tokens import approx_message_tokens
 
 TREC = Path(os.environ.get("DELM_RLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "trec" / "train_5500.label"
 

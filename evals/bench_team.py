@@ -11,7 +11,7 @@
    and delm modes, ScriptedLM agents; the gist view is capped by `gist_tokens`) against a
    central orchestrator that reads every worker report in its own prompt (the prompts of
    `evals.methods.Orchestrator`). ScriptedLM counts prompt tokens the same way for both
-   (delm_rlm.llm.gateway.approx_tokens); it measures prompt sizes, not answer quality.
+   (delm_rlm.llm.tokens.approx_tokens); it measures prompt sizes, not answer quality.
 """
 
 from __future__ import annotations

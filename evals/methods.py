@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
-    from delm_rlm.llm.gateway import LM, Usage
+    from delm_rlm.llm import LM, Usage
     from tasks.model import Task
 
 METHOD_NAMES: tuple[str, ...] = ("direct", "rlm", "delm", "orchestrator", "hybrid")
@@ -359,7 +359,7 @@ async def run_method(
 ) -> MethodResult:
     """Run method `name` on `task` in a fresh session of `lm`; never raises for a task's
     failure (the error is in the result), only for an unknown method name."""
-    from delm_rlm.llm.gateway import Budget, BudgetExceeded
+    from delm_rlm.llm import Budget, BudgetExceeded
 
     options = options or MethodOptions()
     method = get_method(name)(options)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from delm_rlm.llm.gateway import LMError
+from delm_rlm.errors import LMError
 
 
 def _text(messages: list[dict]) -> str:

@@ -167,7 +167,7 @@ def test_unreachable_endpoint_and_budget_exit_1_without_traceback(fruit: Path, t
     down = delm("ask", QUESTION, "--context", str(fruit), "--method", "direct", "--quiet", cwd=tmp_path, script="unreachable")
     assert_one_line_error(down, 1, "cannot reach the model endpoint", "OPENAI_BASE_URL")
     # --debug: the exception itself comes out (the interpreter prints its traceback).
-    from delm_rlm.llm.gateway import LMError
+    from delm_rlm.errors import LMError
 
     monkeypatch.setenv("DELM_RLM_SCRIPTED", "scripted_models:unreachable")
     with pytest.raises(LMError, match="cannot reach"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from delm_rlm.llm.gateway import LMError
+from delm_rlm.errors import LMError
 from delm_rlm.llm.scripted import ScriptedLM
 from evals.report import render_report
 from evals.runner import ResultRow, load_results, run_eval

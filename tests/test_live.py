@@ -7,7 +7,7 @@ from io import StringIO
 from rich.console import Console
 
 from delm_rlm.live import LiveView
-from delm_rlm.llm.gateway import Budget
+from delm_rlm.llm import Budget
 from delm_rlm.trace import Trace
 
 

@@ -21,7 +21,10 @@ from typing import Any
 
 import pytest
 
-from delm_rlm.llm.gateway import LM, Budget, LMError, ResponseCache, Usage
+from delm_rlm.errors import LMError
+from delm_rlm.llm.cache import ResponseCache
+from delm_rlm.llm.gateway import LM
+from delm_rlm.llm.usage import Budget, Usage
 from delm_rlm.llm.prices import price_for, register_price
 
 
@@ -321,10 +324,11 @@ async def test_failed_calls_are_not_cached(stub: StubEndpoint, tmp_path: Path) -
 
 _WRITER = """
 import sys
-from delm_rlm.llm.gateway import ResponseCache, _Reply
+from delm_rlm.llm.cache import ResponseCache
+from delm_rlm.llm.transport import ChatReply
 cache = ResponseCache(sys.argv[1])
 for i in range(40):
-    cache.put(f"{sys.argv[2]}-{i}", "m", _Reply(text=str(i), input_tokens=i, output_tokens=1))
+    cache.put(f"{sys.argv[2]}-{i}", "m", ChatReply(text=str(i), input_tokens=i, output_tokens=1))
 """
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from delm_rlm.llm import local as local_model
-from delm_rlm.llm.gateway import LM, LMError
-from delm_rlm.llm.local import LocalModelSpec, LocalModelUnavailable, assemble
+from delm_rlm.errors import LMError, LocalModelUnavailable
+from delm_rlm.llm.gateway import LM
+from delm_rlm.llm.local import LocalModelSpec, assemble
 
 
 def make_parts(tmp_path: Path, chunks: list[bytes]) -> list[Path]:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from delm_rlm import prompts
 from delm_rlm.codeblocks import extract_code_blocks, strip_code_blocks
-from delm_rlm.llm.gateway import Budget
+from delm_rlm.llm import Budget
 from delm_rlm.rlm import RLM
 from delm_rlm.llm.scripted import ScriptedLM
 from delm_rlm.trace import Trace

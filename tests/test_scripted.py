@@ -13,8 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from delm_rlm.llm.gateway import ROLES, Budget, BudgetExceeded, Completion, LMError, Usage, approx_tokens
-from delm_rlm.llm.scripted import SCRIPTED_ENV, ScriptedLM, load_script, scripted_from_env
+from delm_rlm.errors import BudgetExceeded, ConfigError, LMError
+from delm_rlm.llm.gateway import LM
+from delm_rlm.llm.roles import BUILTIN_ROLES, register_role, role_names
+from delm_rlm.llm.tokens import approx_tokens
+from delm_rlm.llm.usage import Budget, Completion, Usage
+from delm_rlm.llm.scripted import SCRIPTED_ENV, ScriptedLM, ScriptedTransport, load_script, scripted_from_env
+from delm_rlm.llm.transport import ChatReply, ChatRequest, Slots, Transport
 
 
 async def test_list_script_answers_in_order_then_says_it_is_exhausted() -> None:
@@ -319,6 +324,108 @@ async def test_cached_calls_still_count_against_call_budgets(tmp_path: Path) -> 
         await run.complete("q")
 
 
+# --------------------------------------------------------------------------- transports and roles
+
+
+class EchoTransport:
+    """A transport written against the public protocol only: answers with the prompt
+    reversed, imposes its own concurrency limit, and counts what it was sent."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.sent: list[ChatRequest] = []
+        self.prepared = 0
+        self.closed = 0
+        self.in_flight = 0
+        self.peak = 0
+        self._slots = Slots(limit) if limit is not None else None
+
+    @property
+    def endpoint_id(self) -> str:
+        return "echo-test-endpoint"
+
+    @property
+    def base_url(self) -> str | None:
+        return "echo://here"
+
+    @property
+    def timeout(self) -> float:
+        return 30.0
+
+    @property
+    def slots(self) -> Slots | None:
+        return self._slots
+
+    async def prepare(self) -> None:
+        self.prepared += 1
+
+    async def send(self, request: ChatRequest) -> ChatReply:
+        self.sent.append(request)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(0.02)
+        self.in_flight -= 1
+        text = str(request.messages[-1]["content"])[::-1]
+        return ChatReply(text=text, input_tokens=7, output_tokens=len(text), finish_reason="stop")
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+async def test_an_lm_holds_any_transport_fitting_the_protocol(tmp_path: Path) -> None:
+    echo = EchoTransport()
+    assert isinstance(echo, Transport) and isinstance(ScriptedTransport(["x"]), Transport)
+    lm = LM("echo-model", transport=echo, cache=tmp_path, prices={"echo-model": (1.0, 1.0)}, budget=Budget(max_calls=3))
+    assert lm.transport is echo and lm.base_url == "echo://here" and lm.timeout == 30.0
+    c = await lm.complete("abc", role="sub", max_tokens=9, stop=["\n"])
+    assert (c.text, c.input_tokens, c.output_tokens, c.cached) == ("cba", 7, 3, False)
+    assert c.cost_usd == pytest.approx(10 / 1e6)
+    sent = echo.sent[0]
+    assert (sent.model, sent.role, sent.max_tokens, sent.stop, sent.temperature) == ("echo-model", "sub", 9, ("\n",), 0.0)
+    assert echo.prepared == 1
+    again = await LM("echo-model", transport=EchoTransport(), cache=tmp_path).complete("abc", max_tokens=9, stop=["\n"])
+    assert again.cached and again.text == "cba"  # the cache key names the transport's endpoint_id
+    await lm.complete("d")
+    await lm.complete("e")
+    with pytest.raises(BudgetExceeded, match="calls used 3 of 3"):
+        await lm.complete("f")
+    assert len(echo.sent) == 3 and lm.usage.by_role["sub"].calls == 1
+    await lm.aclose()
+    assert echo.closed == 1 and "echo-test-endpoint" in repr(lm)
+
+
+async def test_a_transports_own_slots_bind_every_lm_using_it() -> None:
+    echo = EchoTransport(limit=1)
+    lms = [LM("echo-model", transport=echo, cache=False, max_concurrency=4) for _ in range(2)]
+    await asyncio.gather(*(lm.complete(f"q{i}") for i in range(3) for lm in lms))
+    assert echo.peak == 1 and len(echo.sent) == 6
+    free = EchoTransport()  # no limit of its own: the LM's max_concurrency holds
+    lm = LM("m", transport=free, cache=False, max_concurrency=2)
+    await asyncio.gather(*(lm.complete(f"q{i}") for i in range(6)))
+    assert free.peak == 2
+
+
+def test_something_that_is_no_transport_is_refused() -> None:
+    with pytest.raises(ConfigError, match="transport must fit delm_rlm.llm.Transport"):
+        LM("m", transport=object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="concurrency limit must be >= 1"):
+        Slots(0)
+
+
+async def test_a_registered_role_is_routed_and_counted_like_a_built_in_one() -> None:
+    assert set(BUILTIN_ROLES) <= set(role_names())
+    with pytest.raises(LMError, match="unknown role 'delm-test-critic'.*register_role"):
+        await ScriptedLM(["x"]).complete("q", role="delm-test-critic")
+    role = register_role("delm-test-critic", "a role only this test uses")
+    assert register_role("delm-test-critic") is role and "delm-test-critic" in role_names()
+    critic = ScriptedLM(lambda m, r: f"{r} says no", model="critic-model")
+    lm = ScriptedLM(lambda m, r: "main", routes={"delm-test-critic": critic})
+    c = await lm.complete("claim?", role="delm-test-critic")
+    assert (c.text, c.model, c.role) == ("delm-test-critic says no", "critic-model", "delm-test-critic")
+    assert lm.usage.by_role["delm-test-critic"].calls == 1 and lm.model_for("delm-test-critic") == "critic-model"
+    with pytest.raises(ConfigError, match="role name"):
+        register_role(" padded ")
+
+
 # --------------------------------------------------------------------------- test hook
 
 
@@ -341,7 +448,7 @@ def test_scripted_from_env_loads_module_attribute(monkeypatch: pytest.MonkeyPatc
 
 
 call_plan = st.lists(
-    st.tuples(st.integers(min_value=0, max_value=2), st.sampled_from(ROLES), st.text(max_size=40)),
+    st.tuples(st.integers(min_value=0, max_value=2), st.sampled_from(BUILTIN_ROLES), st.text(max_size=40)),
     max_size=25,
 )
 

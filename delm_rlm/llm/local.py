@@ -18,8 +18,9 @@ Lifecycle, all lazy and once per process:
    entry point, which exits the server when its parent process dies. The chat template is the
    GGUF's own (Qwen's ChatML). The server keeps the KV cache of the previous prompt and reuses
    its longest common prefix, so an agent's growing conversation is read only once.
-3. The gateway talks plain OpenAI HTTP to it; requests are serialized (one llama.cpp context)
-   by a process-wide slot so queueing never eats into a request's timeout.
+3. `LocalTransport` (what `LM("local")` holds) talks plain OpenAI HTTP to it through the
+   OpenAI-compatible transport's client; requests are serialized (one llama.cpp context) by
+   a process-wide slot so queueing never eats into a request's timeout.
 4. At interpreter exit the server is stopped; its log is `$DELM_RLM_CACHE_DIR/logs/`
    (default ~/.cache/delm-rlm/logs).
 
@@ -34,9 +35,8 @@ answer; 32K would add ~0.45 GB of KV (and a larger compute buffer) for prompts t
 
 from __future__ import annotations
 
-from delm_rlm.errors import LocalModelUnavailable
-
 import argparse
+import asyncio
 import atexit
 import contextlib
 import hashlib
@@ -56,12 +56,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from delm_rlm.llm.gateway import LMError, _Slots, cache_dir
+from delm_rlm.errors import LMError, LocalModelUnavailable
+from delm_rlm.llm.cache import cache_dir
+from delm_rlm.llm.openai_compat import ANY_KEY, OpenAIClients, chat_completion
+from delm_rlm.llm.transport import ChatReply, ChatRequest, Slots
 
 INSTALL_HINT = "pip install 'delm-rlm[local]'"
 DEFAULT_N_CTX = 16384
 DEFAULT_THREADS = 2
 STARTUP_TIMEOUT_S = 180.0
+# Requests queue behind each other on two cores: an attempt gets longer than an API's.
+LOCAL_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -434,7 +439,7 @@ def _prune_logs(logs: Path, keep_days: float = 7.0) -> None:
 
 
 _servers: dict[str, LocalServer] = {}
-_slots: dict[str, _Slots] = {}
+_slots: dict[str, Slots] = {}
 _lock = threading.Lock()  # held while a server starts (seconds)
 _slots_lock = threading.Lock()  # never held long: LM() construction takes it
 
@@ -455,13 +460,13 @@ def ensure_server(model: str = "local") -> LocalServer:
         return server
 
 
-def shared_slots(model: str = "local") -> _Slots:
+def shared_slots(model: str = "local") -> Slots:
     """The process-wide request slot of a local model's server (one at a time: llama.cpp
     serves one request per context anyway, and queued requests must not time out)."""
     spec = spec_for(model)
     name = spec.name if spec else model
     with _slots_lock:
-        return _slots.setdefault(name, _Slots(1))
+        return _slots.setdefault(name, Slots(1))
 
 
 @atexit.register
@@ -472,6 +477,54 @@ def shutdown_servers() -> None:
         _servers.clear()
     for server in servers:
         server.stop()
+
+
+# --------------------------------------------------------------------------- the transport
+
+
+class LocalTransport:
+    """The gateway's way to a local model: plain OpenAI HTTP to its llama.cpp server, started
+    on first use. Its cache identity is the model file's checksum (the server's port changes
+    from process to process), and every LM using one local model shares its one slot."""
+
+    def __init__(self, spec: LocalModelSpec, *, timeout: float | None = None, max_retries: int = 4) -> None:
+        self.spec = spec
+        self._clients = OpenAIClients(timeout=LOCAL_TIMEOUT_S if timeout is None else timeout, max_retries=max_retries)
+        self._slots = shared_slots(spec.name)
+
+    @property
+    def endpoint_id(self) -> str:
+        return f"local-gguf:{self.spec.sha256}"
+
+    @property
+    def base_url(self) -> str | None:
+        return None  # chosen when the server starts
+
+    @property
+    def timeout(self) -> float:
+        return self._clients.timeout
+
+    @property
+    def slots(self) -> Slots | None:
+        return self._slots
+
+    async def prepare(self) -> None:
+        """Start the server (assembling the model file first if needed) before the call is timed."""
+        await asyncio.to_thread(ensure_server, self.spec.name)
+
+    async def send(self, request: ChatRequest) -> ChatReply:
+        url = ensure_server(self.spec.name).base_url
+        client = self._clients.for_running_loop(url, ANY_KEY)
+        return await chat_completion(
+            client, url, request, served_model=self.spec.alias,
+            timeout=self._clients.timeout, max_retries=self._clients.max_retries,
+        )
+
+    async def aclose(self) -> None:
+        await self._clients.aclose()
+
+    def __repr__(self) -> str:
+        return f"LocalTransport(model={self.spec.name!r})"
 
 
 # --------------------------------------------------------------------------- entry points

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, Field
 
+from delm_rlm.errors import ConfigError
+
 
 class Price(BaseModel):
     """US dollars per million input (prompt) and output (completion) tokens."""
@@ -46,7 +48,7 @@ _PRICES: dict[str, Price] = {
 }
 
 # Tokens a model can attend to (prompt + completion). The local models' window is the n_ctx
-# their server is started with, so it is filled in by delm_rlm.llm.local, not here.
+# their server is started with, so the gateway asks delm_rlm.llm.local for it, not this table.
 _CONTEXT_WINDOWS: dict[str, int] = {
     "gpt-4o": 128_000,
     "gpt-4o-mini": 128_000,
@@ -90,7 +92,7 @@ def register_price(model: str, input_per_mtok: float, output_per_mtok: float) ->
 def register_context_window(model: str, tokens: int) -> None:
     """Set the process-wide context window (tokens) of `model`."""
     if tokens <= 0:
-        raise ValueError(f"context window must be a positive number of tokens, got {tokens}")
+        raise ConfigError(f"context window must be a positive number of tokens, got {tokens}")
     with _lock:
         _CONTEXT_WINDOWS[model] = tokens
 

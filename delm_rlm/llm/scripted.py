@@ -1,16 +1,20 @@
 """ScriptedLM: a deterministic model for testing mechanics (ours and our users').
 
 It answers from a list (in order) or from a function `(messages, role) -> str` (sync or
-async), and replaces only the transport of `LM`: usage, budgets, sessions, routing, cache and
-observers run through exactly the same code as for a real endpoint. A test that uses it tests
-the framework's mechanics, never a model's intelligence.
+async). `ScriptedTransport` is the transport that does it; `ScriptedLM` is an `LM` holding
+one, so usage, budgets, sessions, routing, cache and observers run through exactly the same
+code as for a real endpoint. A test that uses it tests the framework's mechanics, never a
+model's intelligence.
 
-Token counts are approximate, from delm_rlm.llm.gateway.approx_tokens (no tokenizer): the prompt is
-the sum over messages of the content's approximate tokens plus 4 per message (role markers)
-plus 3 (assistant header); the completion is the approximate tokens of the answer. Counts are
-deterministic, so token budgets stop at the same call every run.
+Token counts are approximate, from delm_rlm.llm.tokens.approx_tokens (no tokenizer): the
+prompt is the sum over messages of the content's approximate tokens plus 4 per message (role
+markers) plus 3 (assistant header); the completion is the approximate tokens of the answer.
+Counts are deterministic, so token budgets stop at the same call every run.
 
 The price is 0 unless given: `ScriptedLM([...], prices={"scripted": (1.0, 2.0)})`.
+
+This is the one transport module that imports the gateway, because ScriptedLM is an LM; the
+gateway never imports it, so there is no circle.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from delm_rlm.llm.gateway import LM, LMError, _Reply, _Request, approx_message_tokens, approx_tokens
+from delm_rlm.errors import LMError
+from delm_rlm.llm.gateway import LM
+from delm_rlm.llm.tokens import approx_message_tokens, approx_tokens
+from delm_rlm.llm.transport import DEFAULT_TIMEOUT_S, ChatReply, ChatRequest, Slots
 
 ScriptFunction = Callable[[list[dict[str, Any]], str], "str | Awaitable[str]"]
 Script = Sequence[str] | ScriptFunction
@@ -63,30 +70,47 @@ class _ScriptState:
             return self.answers[self.position - 1]
 
 
-class ScriptedLM(LM):
-    """A deterministic LM answering from a script. No network.
+class ScriptedTransport:
+    """A transport answering from a script. No network.
 
     script: answers in order (LMError when exhausted, saying so), or a function
-    `(messages, role) -> str` (may be async; an exception it raises becomes an LMError,
-    counted as a failed call). delay: seconds each call takes (to test concurrency and time
-    budgets). The response cache is off unless `cache=` is given.
+    `(messages, role) -> str` (may be async; an exception it raises becomes an LMError).
+    delay: seconds each call takes (to test concurrency and time budgets). Stop strings and
+    max_tokens shape the reply as a real endpoint would.
     """
 
-    def __init__(self, script: Script, *, model: str = "scripted", delay: float = 0.0, **lm_kwargs: Any) -> None:
-        lm_kwargs.setdefault("cache", False)
-        super().__init__(model, **lm_kwargs)
+    def __init__(self, script: Script, *, delay: float = 0.0, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         if delay < 0:
             raise LMError(f"ScriptedLM: delay must be >= 0 seconds, got {delay}")
         self.delay = float(delay)
+        self._timeout = float(timeout)
         self._state = _ScriptState(script)
-        # Every request the transport received (cached calls never get here), shared by sessions.
+        # Every request received (cached calls never get here), in order.
         self.received: list[tuple[list[dict[str, Any]], str]] = []
 
     @property
-    def transport_calls(self) -> int:
-        return len(self.received)
+    def endpoint_id(self) -> str:
+        return "ScriptedLM"  # what cache keys have always named it
 
-    async def _transport(self, request: _Request) -> _Reply:
+    @property
+    def base_url(self) -> str | None:
+        return None
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @property
+    def slots(self) -> Slots | None:
+        return None  # the LM's max_concurrency holds
+
+    async def prepare(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def send(self, request: ChatRequest) -> ChatReply:
         self.received.append((request.messages, request.role))
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -103,14 +127,43 @@ class ScriptedLM(LM):
                 raise LMError(f"ScriptedLM: the script function raised {type(e).__name__}: {e}") from e
             if not isinstance(text, str):
                 raise LMError(f"ScriptedLM: the script function must return a str, got {type(text).__name__}")
+        prompt_tokens = approx_message_tokens(request.messages)
         if request.stop:
             cut = [i for i in (text.find(s) for s in request.stop) if i >= 0]
             if cut:  # like a real endpoint: the stop string and what follows are not returned
-                return _Reply(text[: min(cut)], approx_message_tokens(request.messages), approx_tokens(text[: min(cut)]), "stop")
+                kept = text[: min(cut)]
+                return ChatReply(kept, prompt_tokens, approx_tokens(kept), "stop")
         tokens = approx_tokens(text)
         if tokens > request.max_tokens:
-            return _Reply(_truncate_to_tokens(text, request.max_tokens), approx_message_tokens(request.messages), request.max_tokens, "length")
-        return _Reply(text, approx_message_tokens(request.messages), tokens, "stop")
+            return ChatReply(_truncate_to_tokens(text, request.max_tokens), prompt_tokens, request.max_tokens, "length")
+        return ChatReply(text, prompt_tokens, tokens, "stop")
+
+
+class ScriptedLM(LM):
+    """An LM whose transport is a `ScriptedTransport` (see there for `script` and `delay`).
+    The response cache is off unless `cache=` is given; the other LM settings apply as usual."""
+
+    def __init__(
+        self, script: Script, *, model: str = "scripted", delay: float = 0.0, timeout: float | None = None,
+        **lm_kwargs: Any,
+    ) -> None:
+        lm_kwargs.setdefault("cache", False)
+        transport = ScriptedTransport(script, delay=delay, timeout=DEFAULT_TIMEOUT_S if timeout is None else timeout)
+        super().__init__(model, transport=transport, **lm_kwargs)
+        self._script_transport = transport
+
+    @property
+    def delay(self) -> float:
+        return self._script_transport.delay
+
+    @property
+    def received(self) -> list[tuple[list[dict[str, Any]], str]]:
+        """Every request the transport received (cached calls never get there), shared by sessions."""
+        return self._script_transport.received
+
+    @property
+    def transport_calls(self) -> int:
+        return len(self._script_transport.received)
 
 
 def _truncate_to_tokens(text: str, max_tokens: int) -> str:
@@ -153,4 +206,4 @@ def scripted_from_env(**lm_kwargs: Any) -> ScriptedLM | None:
     return ScriptedLM(load_script(spec), **lm_kwargs)
 
 
-__all__ = ["SCRIPTED_ENV", "ScriptedLM", "load_script", "scripted_from_env"]
+__all__ = ["SCRIPTED_ENV", "Script", "ScriptFunction", "ScriptedLM", "ScriptedTransport", "load_script", "scripted_from_env"]

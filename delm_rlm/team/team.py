@@ -48,7 +48,7 @@ from delm_rlm.classify import ClassificationLog
 from delm_rlm.state.context import SharedContext
 from delm_rlm.corpus import Corpus
 from delm_rlm.gists import Gist, GistKind, GistStatus, Provenance
-from delm_rlm.llm.gateway import LM, Budget, BudgetExceeded, LMError, Usage
+from delm_rlm.llm import LM, Budget, BudgetExceeded, LMError, Usage
 from delm_rlm.state.queue import LeaseLost, Task, TaskQueue, TaskState
 from delm_rlm.result import Result
 from delm_rlm.rlm import RLM, Cell

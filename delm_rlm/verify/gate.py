@@ -703,7 +703,7 @@ class Verifier:
             evidence=neutralize("\n".join(evidence_lines)) if evidence_lines else "(none)",
             source=neutralize(_truncate_middle(source, self.judge_source_chars)) if source else None,
         )
-        from delm_rlm.llm.gateway import LMError
+        from delm_rlm.errors import LMError
 
         try:
             completion = await self.lm.complete(
