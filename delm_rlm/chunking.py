@@ -19,6 +19,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from delm_rlm.errors import ConfigError, CorpusError
+
 DEFAULT_CHUNK_CHARS = 20_000
 SplitBy = Literal["auto", "documents", "lines"]
 SizeUnit = Literal["chars", "tokens"]
@@ -62,11 +64,11 @@ def split_corpus(
     if any(not isinstance(d, str) for d in docs):
         raise TypeError("every document must be a str")
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"chunk size must be a positive integer ({unit}), got {size!r}")
+        raise ConfigError(f"chunk size must be a positive integer ({unit}), got {size!r}")
     if unit not in ("chars", "tokens"):
-        raise ValueError(f"unit must be 'chars' or 'tokens', got {unit!r}")
+        raise ConfigError(f"unit must be 'chars' or 'tokens', got {unit!r}")
     if by not in ("auto", "documents", "lines"):
-        raise ValueError(f"by must be 'auto', 'documents' or 'lines', got {by!r}")
+        raise ConfigError(f"by must be 'auto', 'documents' or 'lines', got {by!r}")
     measure: Callable[[str], int] = len if unit == "chars" else (count_tokens or approx_tokens)
 
     spans: list[tuple[int, int, int, int]] = []  # doc, start, end, lines
@@ -79,7 +81,7 @@ def split_corpus(
         else:
             spans.extend((d, s, e, n) for s, e, n in _line_chunks(text, size, measure))
     if not spans:
-        raise ValueError("the corpus is empty: every document has zero characters")
+        raise CorpusError("the corpus is empty: every document has zero characters")
     return [Chunk(index=i, doc=d, start=s, end=e, lines=n) for i, (d, s, e, n) in enumerate(spans)]
 
 

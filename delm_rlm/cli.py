@@ -13,14 +13,13 @@ Every command takes --debug (show tracebacks). Exit codes: 0 done (ask/demo: ans
 1 not answered or a runtime error (budget, endpoint, missing extra), 2 bad usage or input.
 Errors a person can act on are one line saying what to do; no traceback without --debug.
 
-Test hook (reserved for tests): DELM_RLM_SCRIPTED="module:function" makes every command
-use `ScriptedLM(function)` instead of the configured model; so does `--model
-scripted:module:function`.
+Testing a pipeline offline: the model name `scripted:module:attribute` (as `--model` or as
+$DELM_RLM_MODEL) makes a command answer with `ScriptedLM(module.attribute)`, a list of
+replies or a function (messages, role) -> str, instead of a model endpoint. Everything else
+(sandboxes, verifier, store, trace, budgets) runs as it does with a real model.
 """
 
 from __future__ import annotations
-
-from delm_rlm.errors import CLIError
 
 import argparse
 import asyncio
@@ -39,30 +38,21 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from delm_rlm.console import err_console, out_console
+from delm_rlm.errors import CLIError
+
 if TYPE_CHECKING:
     from delm_rlm.corpus import Corpus
     from delm_rlm.llm import LM, Budget
     from delm_rlm.result import Result
-    from delm_rlm.trace import Trace, TraceEvent
+    from delm_rlm.trace import TraceEvent
 
 METHODS = ("hybrid", "rlm", "direct")
 TREC_POOL_URL = "https://cogcomp.seas.upenn.edu/Data/QA/QC/train_5500.label"
-SCRIPTED_PREFIX = "scripted:"
+SCRIPTED_PREFIX = "scripted:"  # a model name "scripted:module:attribute" is a ScriptedLM
+DIRECT_ANSWER_TOKENS = 1024  # `ask --method direct`: room for a free-form answer
 TRACE_FILE = "trace.jsonl"  # the same names the team uses for its run directory
 STORE_FILE = "store.sqlite"
-
-
-def out_console() -> Console:
-    # Results on stdout; soft wrapping keeps long answers intact when piped, and a pipe or a
-    # log file gets tables 160 columns wide instead of rich's 80 (the report has 12 columns).
-    console = Console(soft_wrap=True)
-    if not console.is_terminal:
-        console.width = max(console.width, 160)
-    return console
-
-
-def err_console() -> Console:
-    return Console(stderr=True, soft_wrap=True)
 
 
 # ---- model, budget, run directory -------------------------------------------------------------
@@ -85,20 +75,18 @@ def make_budget(args: argparse.Namespace) -> Budget | None:
 
 
 def make_lm(model: str | None) -> LM:
-    """The run's model: the test hook when set, else `LM(model)` (default: $DELM_RLM_MODEL or local).
+    """The run's model: `LM(model)` (default: $DELM_RLM_MODEL, else local); a name
+    "scripted:module:attribute" is `ScriptedLM(module.attribute)`, for testing offline.
 
     For the offline local model, checks up front that it is installed, so a missing extra is
     one line with the install command before anything starts (not an agent's error later)."""
     from delm_rlm.llm import local as local_model
     from delm_rlm.llm.gateway import LM, default_model
-    from delm_rlm.llm.scripted import ScriptedLM, load_script, scripted_from_env
+    from delm_rlm.llm.scripted import ScriptedLM, load_script
 
-    scripted = scripted_from_env()
-    if scripted is not None:
-        return scripted
-    if model and model.startswith(SCRIPTED_PREFIX):
-        return ScriptedLM(load_script(model[len(SCRIPTED_PREFIX):]))
     name = model or default_model()
+    if name.startswith(SCRIPTED_PREFIX):
+        return ScriptedLM(load_script(name[len(SCRIPTED_PREFIX):]))
     spec = local_model.spec_for(name)
     if spec is not None:
         local_model.check_server_installed()  # raises LocalModelUnavailable (an LMError) with the pip command
@@ -135,65 +123,22 @@ async def run_question(
     budget: Budget | None = None,
     subscribers: Sequence[Callable[[TraceEvent], None]] = (),
 ) -> Result:
-    """Answer `question` over `corpus` with `method`; the run's files go to run_dir
-    (trace.jsonl; the team adds store.sqlite and the corpus); `subscribers` see every event."""
-    from delm_rlm.trace import Trace
+    """Answer `question` over `corpus` with `method` (the library's methods registry, the
+    one the evals use); the run's files go to run_dir (trace.jsonl; the team adds
+    store.sqlite and the corpus); `subscribers` see every event."""
+    from delm_rlm.methods import MethodOptions, Question, get_method
 
     try:
-        if method == "hybrid":
-            from delm_rlm.team.team import Team
-
-            team = Team(lm, agents=agents, mode="hybrid", budget=budget, run_dir=run_dir,
-                        trace_subscribers=list(subscribers))
-            return await team.run(question, corpus)
-        if method not in ("rlm", "direct"):
+        if method not in METHODS:
             raise CLIError(f"unknown method {method!r}: choose from {', '.join(METHODS)}", code=2)
-        with Trace(run_dir / TRACE_FILE) as trace:
-            for subscriber in subscribers:
-                trace.subscribe(subscriber)
-            if method == "rlm":
-                from delm_rlm.rlm import RLM
-
-                return await RLM(lm, trace=trace).run(question, corpus.value, budget=budget)
-            return await _run_direct(lm, question, corpus, trace, budget)
+        # max_iterations=None: each method's library default (an RLM agent's, a team's).
+        options = MethodOptions(agents=agents, max_iterations=None, answer_tokens=DIRECT_ANSWER_TOKENS)
+        run = await get_method(method)(options).answer(
+            Question(question, corpus), lm, budget=budget, run_dir=run_dir, subscribers=subscribers
+        )
+        return run.result
     finally:
         await lm.aclose()
-
-
-async def _run_direct(lm: LM, question: str, corpus: Corpus, trace: Trace, budget: Budget | None) -> Result:
-    """One call with the context middle-truncated to the window: the eval harness's `direct`."""
-    from delm_rlm.errors import BudgetExceeded
-    from delm_rlm.result import Result
-    from delm_rlm.trace import observe_model_calls
-    from evals.methods import Direct, MethodOptions
-    from tasks.model import Task
-
-    # The same text the REPL's `context` holds for this corpus (sandbox/corpus.py).
-    if isinstance(corpus.value, str):
-        context = corpus.value
-    elif isinstance(corpus.value, list):
-        context = "\n\n".join(corpus.value)
-    else:
-        context = corpus.value.to_csv(index=False)
-    session = lm.session(budget)
-    observe_model_calls(session, trace)
-    trace.emit("run_started", question=question, method="direct", corpus=corpus.describe(),
-               config={"model": lm.model_for("root"), "budget": budget.model_dump() if budget else None})
-    started = time.monotonic()
-    # Task.scorer is required, never used here: an `ask` has no gold answer to score.
-    task = Task(id="ask", question=question, context=context, answer="", scorer="oolong_synth")
-    answer: str | None
-    try:
-        outcome = await Direct(MethodOptions(answer_tokens=1024)).solve(task, session)
-        answer, status, error = outcome.answer, "answered", None
-    except BudgetExceeded as exc:
-        trace.emit("budget_exceeded", limit=exc.limit, used=exc.used, allowed=exc.allowed)
-        answer, status, error = exc.partial_answer, "budget", str(exc)
-    usage = session.usage.total
-    trace.emit("run_finished", status=status, answer=answer, usage=usage)
-    return Result(answer=answer, status=status, error=error, usage=usage,  # type: ignore[arg-type]
-                  usage_by_role=dict(session.usage.by_role), trace_path=str(trace.path),
-                  seconds=round(time.monotonic() - started, 3), method="direct")
 
 
 def execute(
@@ -417,11 +362,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.data and not Path(args.data).exists():
         raise CLIError(f"--data {args.data}: no such file or folder", code=2)
     model = args.model or default_model()
-    hooked = os.environ.get("DELM_RLM_SCRIPTED") or model.startswith(SCRIPTED_PREFIX)
+    scripted = model.startswith(SCRIPTED_PREFIX)
     out = runner.run_eval(
         args.bench, args.data, args.methods, model=model, limit=args.limit, out=args.out,
         concurrency=args.concurrency, labels=args.labels, retry_errors=args.retry_errors,
-        timeout_s=args.timeout, lm=make_lm(model) if hooked else None,
+        timeout_s=args.timeout, lm=make_lm(model) if scripted else None,
     )
     means = runner.summarize(runner.load_results(out))
     out_console().print(f"results: {out}  " + "  ".join(f"{m} {100 * v:.1f}" for m, v in means.items()),
@@ -573,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--model", default=None, help="model name (default: $DELM_RLM_MODEL or 'local', the offline model)")
+    model.add_argument("--model", default=None, help="model name (default: $DELM_RLM_MODEL or 'local', the offline model; "
+                       "scripted:module:attribute for a ScriptedLM)")
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--budget-usd", type=float, default=None, help="stop the run after this many dollars")
     run.add_argument("--budget-tokens", type=int, default=None, help="stop the run after this many tokens")
@@ -585,8 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="delm-rlm",
         description="Teams of recursive language-model agents that answer questions over long corpora.",
         epilog="Exit codes: 0 done/answered, 1 not answered or runtime error, 2 bad usage or input. "
-        "Reserved for tests: DELM_RLM_SCRIPTED=module:function (or --model scripted:module:function) "
-        "replaces the model with ScriptedLM(function).",
+        "Testing a pipeline offline: --model scripted:module:attribute (or DELM_RLM_MODEL=scripted:module:attribute) "
+        "answers with ScriptedLM(module.attribute), a list of replies or a function (messages, role) -> str, "
+        "instead of a model endpoint; sandboxes, verifier, store and trace run as with a real model.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -670,8 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        from delm_rlm.corpus import CorpusError
-        from delm_rlm.errors import BudgetExceeded, LMError
+        from delm_rlm.errors import BudgetExceeded, CorpusError, LMError
 
         if isinstance(exc, CLIError):
             return fail(str(exc), exc.code)

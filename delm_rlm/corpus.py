@@ -19,8 +19,6 @@ not mix in one corpus: the error says so.
 
 from __future__ import annotations
 
-from delm_rlm.errors import CorpusError
-
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -28,7 +26,13 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from delm_rlm.errors import CorpusError
+
 CorpusKind = Literal["text", "documents", "table"]
+
+# Between documents when a corpus is read as one text: the REPL's `context` for a list of
+# documents is DOCUMENT_SEPARATOR.join(docs) (sandbox/corpus.py's loader writes the same).
+DOCUMENT_SEPARATOR = "\n\n"
 
 DOCUMENT_SUFFIXES = {".jsonl", ".ndjson", ".json"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq"}
@@ -152,6 +156,16 @@ class Corpus:
             return frame["text"].astype(str).tolist()
         return [_row_text(row) for row in frame.to_dict(orient="records")]
 
+    @property
+    def text(self) -> str:
+        """The corpus as one text, the same text the REPL's `context` holds: the text itself,
+        the documents joined by DOCUMENT_SEPARATOR, or a table as CSV without the index."""
+        if self.kind == "text":
+            return self.value  # type: ignore[return-value]
+        if self.kind == "documents":
+            return DOCUMENT_SEPARATOR.join(self.value)  # type: ignore[arg-type]
+        return self.value.to_csv(index=False)  # type: ignore[union-attr]
+
     def __len__(self) -> int:
         return 1 if self.kind == "text" else len(self.value)
 
@@ -176,7 +190,7 @@ class Corpus:
     @property
     def total_chars(self) -> int:
         if self.kind == "table":
-            return len(self.value.to_csv(index=False))  # type: ignore[union-attr]
+            return len(self.text)
         return sum(len(d) for d in self.docs)
 
     def describe(self, max_names: int = 8) -> str:

@@ -489,3 +489,89 @@ def judge_messages(*, claim: str, evidence: str, source: str | None) -> list[dic
         {"role": "system", "content": JUDGE_SYSTEM},
         {"role": "user", "content": JUDGE_USER.format(claim=claim, evidence=evidence, source=source_part)},
     ]
+
+
+# ---------------------------------------------------------------------------------------
+# Fitting a long text into a model's window by tokens (direct, orchestrator, LongBench-v2)
+# ---------------------------------------------------------------------------------------
+
+# Imported here, not at the top: this section was appended to the module as one piece.
+from collections.abc import Callable  # noqa: E402
+
+from delm_rlm.errors import ConfigError  # noqa: E402
+
+
+def truncate_middle_tokens(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> str:
+    """Keep the first ``max_tokens // 2`` and the last ``max_tokens - max_tokens // 2`` tokens'
+    worth of ``text`` and drop the middle, as the official runner does with token ids
+    (``ids[:n//2] + ids[-n//2:]``). With only a token counter, the cut points are found by
+    binary search on characters: the longest head and tail each within its token share.
+    No note marks the cut (the official runner adds none); `truncate_middle` is the
+    character-counting cut that states what it dropped.
+    """
+    if max_tokens <= 0:
+        raise ConfigError(f"max_tokens must be positive, got {max_tokens}")
+    total = count_tokens(text)
+    if total <= max_tokens:
+        return text
+    head_budget, tail_budget = max_tokens // 2, max_tokens - max_tokens // 2
+    chars_per_token = len(text) / total
+
+    def longest(fits: Callable[[int], bool], budget: int) -> int:
+        # Bracket the answer near the proportional estimate first, so a long text is
+        # tokenized a few times on short slices rather than ~log2(len) times whole.
+        lo, hi = 0, min(len(text), int(budget * chars_per_token * 1.25) + 16)
+        while hi < len(text) and fits(hi):
+            lo, hi = hi, min(len(text), hi * 2)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    head = longest(lambda n: count_tokens(text[:n]) <= head_budget, head_budget)
+    tail = longest(
+        lambda n: n <= len(text) - head and count_tokens(text[len(text) - n :]) <= tail_budget, tail_budget
+    )
+    return text[:head] + text[len(text) - tail :]
+
+
+# ---------------------------------------------------------------------------------------
+# The baselines delm-rlm is compared with (delm_rlm.methods)
+# ---------------------------------------------------------------------------------------
+
+# `direct`: one call, the (middle-truncated) context followed by the question. LongBench-v2
+# uses its official template instead (tasks.longbench.direct_prompt).
+DIRECT_PROMPT = "{context}\n\n{question}"
+
+# `orchestrator`: a central manager splits the text, one worker reports on each part, the
+# manager reads every report. These prompts are part of the method being compared.
+ORCHESTRATOR_WORKER = """\
+You are a worker. A manager split a long text into {total} parts and gave you part {index}. \
+Other workers read the other parts; the manager will combine all the reports.
+
+Part {index} of {total}:
+<part>
+{chunk}
+</part>
+
+Question about the whole text: {question}
+
+Report what part {index} contains that helps answer the question: the relevant facts and \
+short quotes, and exact counts for this part only where the question needs counting. Do not \
+guess about the other parts. Be brief."""
+
+ORCHESTRATOR_MERGE = """\
+You are the manager. You split a long text into {total} parts; each worker read one part \
+and reported on the question. Here are all {total} reports.
+
+{reports}
+
+Question: {question}
+
+Combine the reports into one answer to the question about the whole text (for totals, add \
+up the parts' counts). Give your final answer in exactly the form the question asks for."""
+
+ORCHESTRATOR_REPORT = "Report on part {index} of {total}:\n{text}"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from delm_rlm.cli import out_console
+from delm_rlm.console import out_console
 from evals.methods import MethodOptions, parse_methods
 from evals.report import render_report
 from evals.runner import arun_eval

@@ -10,7 +10,7 @@
 2. Prompt tokens per model call as the number of subtasks grows (4 -> 256): the team (hybrid
    and delm modes, ScriptedLM agents; the gist view is capped by `gist_tokens`) against a
    central orchestrator that reads every worker report in its own prompt (the prompts of
-   `evals.methods.Orchestrator`). ScriptedLM counts prompt tokens the same way for both
+   `delm_rlm.methods.Orchestrator`). ScriptedLM counts prompt tokens the same way for both
    (delm_rlm.llm.tokens.approx_tokens); it measures prompt sizes, not answer quality.
 """
 
@@ -194,7 +194,9 @@ async def team_prompts(n: int, mode: str, lines_per_doc: int, agents: int, gist_
 
 
 async def orchestrator_prompts(n: int, lines_per_doc: int) -> dict[str, Any]:
-    from evals.methods import MERGE_PROMPT, REPORT_BLOCK, WORKER_PROMPT
+    from delm_rlm.prompts import ORCHESTRATOR_MERGE as MERGE_PROMPT
+    from delm_rlm.prompts import ORCHESTRATOR_REPORT as REPORT_BLOCK
+    from delm_rlm.prompts import ORCHESTRATOR_WORKER as WORKER_PROMPT
 
     lines = corpus_lines(n * lines_per_doc)
     chunks = ["\n".join(lines[i * lines_per_doc:(i + 1) * lines_per_doc]) for i in range(n)]

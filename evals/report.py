@@ -23,7 +23,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from evals.runner import ResultRow, load_results
+from delm_rlm.errors import DatasetError
+from evals.results import ResultRow, load_results
 
 # The papers' column order for LongBench-v2.
 LONGBENCH_COLUMNS: tuple[tuple[str, Callable[[ResultRow], bool]], ...] = (
@@ -86,7 +87,7 @@ def render_report(
     to `markdown` and a PNG to `plot` when given. Returns the tables."""
     rows = load_results(results_path)
     if not rows:
-        raise ValueError(f"{results_path}: no result rows; run `delm-rlm eval` first")
+        raise DatasetError(results_path, None, None, "no result rows; run `delm-rlm eval` first")
     report = build_report(rows)
     if console is not None:
         report.print(console)
@@ -262,7 +263,7 @@ def plot_scores(rows: Sequence[ResultRow], path: str | Path) -> Path:
 
 
 def _ordered_methods(rows: Iterable[ResultRow]) -> list[str]:
-    from evals.methods import METHOD_NAMES
+    from delm_rlm.methods import METHOD_NAMES
 
     present = {r.method for r in rows}
     known = [m for m in METHOD_NAMES if m in present]

@@ -13,16 +13,33 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.metadata
-import os
 import subprocess
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from delm_rlm.errors import ConfigError
+from evals.results import ResultRow, load_results, repair_results_file
+
+__all__ = [
+    "BENCHES",
+    "ROW_METADATA",
+    "ResultRow",
+    "arun_eval",
+    "code_version",
+    "load_results",
+    "load_tasks",
+    "main_eval",
+    "main_report",
+    "repair_results_file",
+    "run_eval",
+    "run_pair",
+    "summarize",
+]
 
 if TYPE_CHECKING:
     from delm_rlm.llm.gateway import LM
@@ -38,107 +55,13 @@ BENCHES: dict[str, str] = {
 ROW_METADATA = ("dataset", "context_len", "task_group", "task", "difficulty", "length", "domain", "variant")
 
 
-class ResultRow(BaseModel):
-    """One line of a results file: one method on one task."""
-
-    bench: str
-    task_id: str
-    method: str
-    model: str
-    status: Literal["answered", "budget", "error"]
-    answer: str | None = None
-    gold: str | None = None
-    score: float = 0.0  # official scorer on the raw output; errors and no answer count 0
-    score_lenient: float | None = None  # OOLONG-synth's documented lenient mode; None elsewhere
-    input_tokens: int = 0
-    output_tokens: int = 0
-    calls: int = 0
-    dollars: float | None = None  # None when some call had no known price
-    seconds: float = 0.0  # wall clock of the method run
-    error: str | None = None
-    usage_by_role: dict[str, dict[str, Any]] = {}
-    detail: dict[str, Any] = {}  # what the method reports: truncation, chunks, finished_by...
-    # metadata for the report tables
-    dataset: str | None = None
-    context_len: int | None = None  # OOLONG: nominal window tokens; LongBench-v2: None
-    context_tokens: int | None = None  # measured with the run's tokenizer
-    task_group: str | None = None
-    task: str | None = None
-    difficulty: str | None = None
-    length: str | None = None
-    domain: str | None = None
-    variant: str | None = None  # OOLONG window variant: "unlabelled" or "labelled"
-    finished_at: str = ""
-    code_version: str | None = None  # which delm-rlm produced the row (see `code_version()`)
-
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.bench, self.task_id, self.method, self.model)
-
-
-def load_results(path: str | Path) -> list[ResultRow]:
-    """The rows of a results file, the last one per (bench, task, method, model).
-
-    A last line cut short by a killed run is ignored; any other bad line is an error that
-    names the file and line.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such results file (write one with `delm-rlm eval --out {path}`)")
-    latest: dict[tuple[str, str, str, str], ResultRow] = {}
-    lines = path.read_text(encoding="utf-8").split("\n")
-    complete = lines[:-1]  # everything before the last newline; lines[-1] is "" or a cut line
-    for number, line in enumerate(complete, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = ResultRow.model_validate_json(line)
-        except ValidationError as exc:
-            raise ValueError(
-                f"{path}: line {number} is not a result row ({exc.errors()[0]['msg']}); "
-                "fix or delete that line, then rerun"
-            ) from exc
-        latest[row.key] = row
-    return list(latest.values())
-
-
-def repair_results_file(path: Path) -> None:
-    """Cut a half-written last line (no trailing newline) so appends start on a fresh line."""
-    if not path.is_file():
-        return
-    with path.open("rb+") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        if size == 0:
-            return
-        fh.seek(size - 1)
-        if fh.read(1) == b"\n":
-            return
-        # Walk back to the previous newline; the file is append-only so the tail is short.
-        data_end = size
-        chunk = 1 << 16
-        pos = size
-        while pos > 0:
-            start = max(0, pos - chunk)
-            fh.seek(start)
-            block = fh.read(pos - start)
-            index = block.rfind(b"\n")
-            if index >= 0:
-                data_end = start + index + 1
-                break
-            pos = start
-        else:
-            data_end = 0
-        fh.truncate(data_end)
-
-
 def load_tasks(bench: str, data: str | Path, *, limit: int | None = None, labels: bool = False) -> list[Task]:
     """Tasks of `bench` from `data` (a file or folder in the benchmark's published layout);
     `labels` picks OOLONG-synth's labelled window text."""
     if bench not in BENCHES:
-        raise ValueError(f"unknown bench {bench!r}: use one of {', '.join(BENCHES)}")
+        raise ConfigError(f"unknown bench {bench!r}: use one of {', '.join(BENCHES)}")
     if labels and bench != "oolong":
-        raise ValueError("labels=True (the labelled window text) exists only for --bench oolong")
+        raise ConfigError("labels=True (the labelled window text) exists only for --bench oolong")
     if bench in ("oolong", "oolong-real"):
         from tasks.oolong import load as load_oolong
 
@@ -203,21 +126,19 @@ async def arun_eval(
     console: Console | None = None,
     progress: bool = True,
 ) -> Path:
-    from evals.methods import get_method, parse_methods
+    from evals.methods import parse_methods
 
-    method_names = parse_methods(methods)
-    for name in method_names:
-        get_method(name)  # unknown names fail here, before any work
+    method_names = parse_methods(methods)  # unknown names fail here, before any work
     if concurrency < 1:
-        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
     if tasks is None:
         if data is None:
-            raise ValueError(f"bench {bench!r} needs --data: a file or folder of {BENCHES.get(bench, 'rows')}")
+            raise ConfigError(f"bench {bench!r} needs --data: a file or folder of {BENCHES.get(bench, 'rows')}")
         task_list = load_tasks(bench, data, limit=limit, labels=labels)
     else:
         task_list = list(tasks)[:limit] if limit is not None else list(tasks)
     if not task_list:
-        raise ValueError(f"no tasks to run for bench {bench!r} (data: {data})")
+        raise ConfigError(f"no tasks to run for bench {bench!r} (data: {data})")
 
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +154,7 @@ async def arun_eval(
     elif order == "method":  # consecutive prompts share a context: a prefix cache reuses it
         ordered = [(t, m) for m in method_names for t in task_list]
     else:
-        raise ValueError(f"order must be 'task' or 'method', got {order!r}")
+        raise ConfigError(f"order must be 'task' or 'method', got {order!r}")
     pairs = [(t, m) for t, m in ordered if (bench, t.id, m, model) not in done]
     console = console or Console(stderr=True)
     skipped = len(task_list) * len(method_names) - len(pairs)
@@ -402,7 +323,7 @@ def main_eval(args: Any) -> int:
 
 def main_report(args: Any) -> int:
     """Entry point for `delm-rlm report RESULTS [--markdown PATH] [--plot PATH]`."""
-    from delm_rlm.cli import out_console
+    from delm_rlm.console import out_console
     from evals.report import render_report
 
     render_report(args.results, markdown=getattr(args, "markdown", None), plot=getattr(args, "plot", None), console=out_console())

@@ -9,14 +9,13 @@ loss is formatting; it is reported *beside* the official score, never instead of
 
 from __future__ import annotations
 
-from delm_rlm.errors import ScoringError
-
-import ast
 import re
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 import dateutil.parser
+
+from delm_rlm.errors import ScoringError
+from tasks.answers import oolong_synth_gold  # the gold rule the loaders check rows with
 
 if TYPE_CHECKING:
     from tasks.model import Task
@@ -43,26 +42,6 @@ COMPARISON_PHRASES: tuple[str, ...] = ("more common", "less common", "same frequ
 # ---------------------------------------------------------------------------------------
 # OOLONG-synth
 # ---------------------------------------------------------------------------------------
-
-
-def oolong_synth_gold(answer: str) -> object:
-    """Gold value of a synth row's ``answer`` string, exactly as the official scorer reads it.
-
-    ``"['human being']"`` -> ``'human being'``; ``"[28]"`` -> ``28``; a date answer
-    ``"[datetime.date(2023, 5, 1)]"`` -> ``datetime(2023, 5, 1, 0, 0)`` (the official code uses
-    ``datetime.strptime``, so the gold is a datetime and its ``str`` ends in ``00:00:00``).
-    """
-    text = str(answer)
-    try:
-        if "datetime" in text:
-            return datetime.strptime(text, "[datetime.date(%Y, %m, %d)]")
-        value = ast.literal_eval(text)
-        return value[0]
-    except (ValueError, SyntaxError, TypeError, IndexError, KeyError) as exc:
-        raise ScoringError(
-            f"cannot parse OOLONG gold answer {text!r}: expected a Python list string such as "
-            f"\"['human being']\", \"[28]\" or \"[datetime.date(2023, 5, 1)]\" ({exc})"
-        ) from exc
 
 
 def oolong_synth_parse(output: str) -> str:

@@ -1,12 +1,15 @@
 """LongBench-v2: load official rows as Tasks, build the official zero-shot prompt, and
-middle-truncate an over-long prompt the way the official runner does."""
+middle-truncate an over-long prompt the way the official runner does (`truncate_middle`,
+the library's token-counting cut `delm_rlm.prompts.truncate_middle_tokens`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from delm_rlm.errors import ConfigError
+from delm_rlm.prompts import truncate_middle_tokens as truncate_middle
 from tasks.model import DatasetError, Task
 from tasks.rows import read_rows, require
 
@@ -16,6 +19,7 @@ __all__ = [
     "OFFICIAL_MAX_TOKENS",
     "PROMPT_TEMPLATE",
     "build_prompt",
+    "direct_prompt",
     "filter_tasks",
     "load",
     "question_block",
@@ -56,7 +60,7 @@ def _fill(template: str, doc: str | None, row: dict[str, Any]) -> str:
 def _row_of(item: Task | dict[str, Any]) -> dict[str, Any]:
     if isinstance(item, Task):
         if item.raw is None:
-            raise ValueError(f"task {item.id} has no LongBench-v2 row (build it with tasks.longbench.load)")
+            raise ConfigError(f"task {item.id} has no LongBench-v2 row (build it with tasks.longbench.load)")
         return item.raw
     return item
 
@@ -68,44 +72,20 @@ def build_prompt(item: Task | dict[str, Any], context: str | None = None) -> str
     return _fill(PROMPT_TEMPLATE, row["context"] if context is None else context, row)
 
 
+def direct_prompt(task: Task, context: str) -> str:
+    """The one prompt the `direct` method sends for a LongBench-v2 task over ``context`` (the
+    task's text, perhaps middle-truncated): the official template for a loaded row; for a task
+    built by hand, whose question is the official question block already, the template's
+    head, the text and that block."""
+    if task.raw is not None:
+        return build_prompt(task, context=context)
+    head = PROMPT_TEMPLATE[: PROMPT_TEMPLATE.index("$DOC$")]
+    return f"{head}{context.strip()}\n</text>\n\n{task.question}"
+
+
 def question_block(item: Task | dict[str, Any]) -> str:
     """The prompt's part after the text: the question, the four choices and the answer format."""
     return _fill(_QUESTION_PART, None, _row_of(item))
-
-
-def truncate_middle(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> str:
-    """Keep the first ``max_tokens // 2`` and the last ``max_tokens - max_tokens // 2`` tokens'
-    worth of ``text`` and drop the middle, as the official runner does with token ids
-    (``ids[:n//2] + ids[-n//2:]``). With only a token counter, the cut points are found by
-    binary search on characters: the longest head and tail each within its token share.
-    """
-    if max_tokens <= 0:
-        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
-    total = count_tokens(text)
-    if total <= max_tokens:
-        return text
-    head_budget, tail_budget = max_tokens // 2, max_tokens - max_tokens // 2
-    chars_per_token = len(text) / total
-
-    def longest(fits: Callable[[int], bool], budget: int) -> int:
-        # Bracket the answer near the proportional estimate first, so a long text is
-        # tokenized a few times on short slices rather than ~log2(len) times whole.
-        lo, hi = 0, min(len(text), int(budget * chars_per_token * 1.25) + 16)
-        while hi < len(text) and fits(hi):
-            lo, hi = hi, min(len(text), hi * 2)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    head = longest(lambda n: count_tokens(text[:n]) <= head_budget, head_budget)
-    tail = longest(
-        lambda n: n <= len(text) - head and count_tokens(text[len(text) - n :]) <= tail_budget, tail_budget
-    )
-    return text[:head] + text[len(text) - tail :]
 
 
 def row_to_task(row: dict[str, Any], *, file: str | Path | None = None, rowno: int | None = None) -> Task:

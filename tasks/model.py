@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from delm_rlm.errors import DatasetError
-
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from delm_rlm.errors import ConfigError, DatasetError  # DatasetError: the loaders import it from here
 
 Scorer = Literal["oolong_synth", "oolong_real", "longbench"]
 SCORERS: tuple[str, ...] = ("oolong_synth", "oolong_real", "longbench")
@@ -40,7 +40,7 @@ class Task(BaseModel):
     @model_validator(mode="after")
     def _needs_context(self) -> Task:
         if self.context is None and self.context_file is None:
-            raise ValueError(f"task {self.id}: give either context (the text) or context_file (a path)")
+            raise ConfigError(f"task {self.id}: give either context (the text) or context_file (a path)")
         return self
 
     def get_context(self) -> str:

@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from evals.scoring import ScoringError, oolong_synth_gold
+from delm_rlm.errors import ConfigError, ScoringError
+from tasks.answers import oolong_synth_gold
 from tasks.model import DatasetError, Task
 from tasks.pool import Pool, read_pool
 from tasks.rows import read_rows, require
@@ -307,7 +308,7 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     else:
-        raise ValueError(f"{path}: use a .parquet or .jsonl file name")
+        raise ConfigError(f"{path}: use a .parquet or .jsonl file name")
     return path
 
 
@@ -600,11 +601,11 @@ def generate(
     if not isinstance(context_len, int) or isinstance(context_len, bool):
         raise TypeError(f"context_len must be an int number of tokens, got {context_len!r}")
     if not MIN_CONTEXT_LEN <= context_len <= MAX_CONTEXT_LEN:
-        raise ValueError(f"context_len {context_len} is outside {MIN_CONTEXT_LEN}..{MAX_CONTEXT_LEN} tokens")
+        raise ConfigError(f"context_len {context_len} is outside {MIN_CONTEXT_LEN}..{MAX_CONTEXT_LEN} tokens")
     if not 0 <= seed < 10_000:
-        raise ValueError(f"seed must be in 0..9999 (it is part of the row ids), got {seed}")
+        raise ConfigError(f"seed must be in 0..9999 (it is part of the row ids), got {seed}")
     if not 1 <= windows <= 999:
-        raise ValueError(f"windows must be in 1..999, got {windows}")
+        raise ConfigError(f"windows must be in 1..999, got {windows}")
     pl = pool if isinstance(pool, Pool) else read_pool(pool)
     name = dataset or ("trec_coarse" if pl.trec else "custom")
     if pl.trec:
@@ -614,7 +615,7 @@ def generate(
         line_tokens, prompt_tokens = LINE_FRAME_TOKENS + max(1, round(mean_chars / 4)), TREC_PROMPT_TOKENS
     n_lines = expected_lines(context_len, prompt_tokens, line_tokens)
     if n_lines < 4:
-        raise ValueError(f"context_len {context_len} fits only {n_lines} lines of this pool; use a larger context_len")
+        raise ConfigError(f"context_len {context_len} fits only {n_lines} lines of this pool; use a larger context_len")
 
     k = len(pl.label_list)
     label_index = {lab: i for i, lab in enumerate(pl.label_list)}

@@ -1,4 +1,5 @@
-"""Scripted models for CLI and report tests (selected through DELM_RLM_SCRIPTED=tests.scripted_models:NAME).
+"""Scripted models for CLI and report tests (selected through the model name
+DELM_RLM_MODEL=scripted:scripted_models:NAME).
 
 Each is a function (messages, role) -> reply. They test the framework's mechanics (the REPL
 loop, the bridge, traces, exit codes), never a model's intelligence: the code they write is

@@ -1,7 +1,8 @@
 """`delm-rlm` through its entry point, as a person (or a CI job) runs it.
 
-Every model here is a ScriptedLM selected with the test hook DELM_RLM_SCRIPTED; kernels,
-stores, traces and the team are real.
+Every model here is a ScriptedLM selected the way a user tests a pipeline offline, through
+the model name DELM_RLM_MODEL=scripted:module:attribute; kernels, stores, traces and the team
+are real.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ QUESTION = "How many lines mention 'apple'?"
 
 def delm(*args: str, cwd: Path, script: str | None = None, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `python -m delm_rlm.cli ARGS` (what the `delm-rlm` script runs) in a subprocess."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("DELM_RLM_SCRIPTED", "OPENAI_BASE_URL", "OPENAI_API_KEY")}
+    environ = {k: v for k, v in os.environ.items() if k not in ("DELM_RLM_MODEL", "OPENAI_BASE_URL", "OPENAI_API_KEY")}
     environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tests"), environ.get("PYTHONPATH", "")])
     if script:
-        environ["DELM_RLM_SCRIPTED"] = f"scripted_models:{script}"
+        environ["DELM_RLM_MODEL"] = f"scripted:scripted_models:{script}"
     environ.update(env)
     return subprocess.run([sys.executable, "-m", "delm_rlm.cli", *args], cwd=cwd, env=environ,
                           capture_output=True, text=True, timeout=timeout)
@@ -144,7 +145,7 @@ def test_input_errors_are_one_line_with_the_fix(
     (tmp_path / "doc.pdf").write_bytes(b"%PDF-1.5\x00\x01")
     (tmp_path / "ok.txt").write_text("apple")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("DELM_RLM_SCRIPTED", "scripted_models:count_mentions")
+    monkeypatch.setenv("DELM_RLM_MODEL", "scripted:scripted_models:count_mentions")
     assert cli.main(list(args)) == code
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ")
@@ -169,10 +170,10 @@ def test_unreachable_endpoint_and_budget_exit_1_without_traceback(fruit: Path, t
     # --debug: the exception itself comes out (the interpreter prints its traceback).
     from delm_rlm.errors import LMError
 
-    monkeypatch.setenv("DELM_RLM_SCRIPTED", "scripted_models:unreachable")
+    monkeypatch.setenv("DELM_RLM_MODEL", "scripted:scripted_models:unreachable")
     with pytest.raises(LMError, match="cannot reach"):
         cli.main(["ask", QUESTION, "--context", str(fruit), "--method", "direct", "--quiet", "--debug", "--out", str(tmp_path / "d")])
-    monkeypatch.delenv("DELM_RLM_SCRIPTED")
+    monkeypatch.delenv("DELM_RLM_MODEL")
 
     broke = delm("ask", QUESTION, "--context", str(fruit), "--method", "rlm", "--budget-tokens", "600", "--out", "b",
                  cwd=tmp_path, script="chatty")
@@ -187,7 +188,7 @@ def test_missing_extra_names_the_install_command(
 ) -> None:
     from delm_rlm.llm import local as local_model
 
-    monkeypatch.delenv("DELM_RLM_SCRIPTED", raising=False)
+    monkeypatch.delenv("DELM_RLM_MODEL", raising=False)
     monkeypatch.chdir(tmp_path)
     # The local model's server package is missing: refused before any run starts.
     monkeypatch.setattr(local_model, "_SERVER_MODULES", ("llama_cpp_not_installed_here",))

@@ -145,3 +145,21 @@ async def test_docs_are_numbered_as_in_the_repl(tmp_path: Path) -> None:
         for corpus in cases:
             await sb.load_context(corpus.value)
             assert await sb.get_variable("docs") == corpus.docs == [corpus.doc(i) for i in range(len(corpus))]
+
+
+async def test_text_is_the_repl_context_for_every_shape() -> None:
+    """`Corpus.text` (what `direct` reads) is exactly the REPL's `context` (what agents read)."""
+    from sandbox import KernelSandbox
+
+    values = [
+        "alpha beta\ngamma\n",
+        ["doc one", "doc two\nline", ""],
+        pd.DataFrame({"label": ["spam", "ham"], "n": [1, 2]}),
+    ]
+    async with KernelSandbox(timeout=60) as sb:
+        for value in values:
+            corpus = Corpus(value)
+            await sb.load_context(corpus.value)
+            assert await sb.get_variable("context") == corpus.text
+    assert Corpus(["a", "b"]).text == "a\n\nb"
+    assert Corpus(pd.DataFrame({"x": [1]})).text == "x\n1\n"

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from evals.scoring import score
-from tasks import DatasetError
+from tasks import DatasetError, Task
 from tasks import longbench
 
 ROW = {
@@ -149,3 +149,11 @@ def test_json_list_and_broken_json(tmp_path: Path) -> None:
         longbench.load(broken)
     with pytest.raises(DatasetError, match="does not exist"):
         longbench.load(tmp_path / "missing.jsonl")
+
+
+def test_direct_prompt_is_the_official_one_for_loaded_rows_and_hand_built_tasks() -> None:
+    loaded = longbench.row_to_task(ROW)
+    assert longbench.direct_prompt(loaded, "short text") == longbench.build_prompt(ROW, context="short text")
+    by_hand = Task(id="h1", question=longbench.question_block(ROW), context="unused", answer="B", scorer="longbench")
+    # Same prompt either way: the template's head, the (stripped) text, the question block.
+    assert longbench.direct_prompt(by_hand, "\nshort text\n") == longbench.build_prompt(ROW, context="short text")

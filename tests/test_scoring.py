@@ -112,6 +112,15 @@ def test_synth_gold_forms() -> None:
             oolong_synth_gold(bad)
 
 
+def test_scoring_grades_with_the_gold_rule_the_loaders_check() -> None:
+    import evals.scoring
+    import tasks.answers
+
+    # One rule, below both: the loaders (tasks) never import the scorers (evals).
+    assert evals.scoring.oolong_synth_gold is tasks.answers.oolong_synth_gold
+    assert evals.scoring.ScoringError is tasks.answers.ScoringError
+
+
 def test_lenient_mode_is_beside_not_instead() -> None:
     assert oolong_synth_score("['entity']", LABEL, "**Label:** entity") == 0.0
     assert oolong_synth_score("['entity']", LABEL, "**Label:** entity", lenient=True) == 1.0
