@@ -17,6 +17,7 @@ from delm_rlm.state.context import SharedContext
 from delm_rlm.gists import CodeEvidence, Gist, GistKind, GistStatus, QuoteEvidence
 from delm_rlm.state.queue import TaskQueue
 from delm_rlm.state.sqlite import SCHEMA_VERSION, NotFound, RunStore, StoreError
+from store_faults import fail_before_commit
 
 
 class Boom(Exception):
@@ -137,15 +138,14 @@ def test_exception_inside_a_multi_write_transaction_leaves_nothing(tmp_path: Pat
     target = ctx.record(_fact("the total is 9", 9))
     dup = ctx.add_pending(_fact("The total is 9.", 9))
     before = store.list_gists()
-    store.before_commit = _raise
-    # merge writes two rows (the duplicate, the target's support): both or neither.
-    with pytest.raises(Boom):
-        ctx.merge(dup.id, target.id)
-    with pytest.raises(Boom):
-        ctx.reject(dup.id, "wrong", failure=Gist(kind="failure", text="tried X; wrong"))
-    with pytest.raises(Boom):
-        TaskQueue(store).add("a task")
-    store.before_commit = None
+    with fail_before_commit(store, _raise):
+        # merge writes two rows (the duplicate, the target's support): both or neither.
+        with pytest.raises(Boom):
+            ctx.merge(dup.id, target.id)
+        with pytest.raises(Boom):
+            ctx.reject(dup.id, "wrong", failure=Gist(kind="failure", text="tried X; wrong"))
+        with pytest.raises(Boom):
+            TaskQueue(store).add("a task")
     assert store.list_gists() == before
     assert TaskQueue(store).all() == []
     assert store.add_gist(_fact("next")).id == "g3"  # no id was burnt by the rollbacks
@@ -154,10 +154,12 @@ def test_exception_inside_a_multi_write_transaction_leaves_nothing(tmp_path: Pat
 def _write_then_die(path: str, commit: bool) -> None:
     store = RunStore(path)
     store.add_gist(_fact("committed before the crash"))
-    if not commit:
-        store.before_commit = lambda: os._exit(3)  # the process dies inside the transaction
     ctx = SharedContext(store)
-    ctx.record(_fact("written by the dying process"))
+    if commit:
+        ctx.record(_fact("written by the dying process"))
+    else:
+        with fail_before_commit(store, lambda: os._exit(3)):  # the process dies inside the transaction
+            ctx.record(_fact("written by the dying process"))
     os._exit(3)  # no close, no cleanup: like kill -9
 
 
@@ -244,12 +246,9 @@ class StoreMachine(RuleBasedStateMachine):
         """Run a write; when `crash`, fail it just before COMMIT. True if it committed."""
         if not crash:
             return fn(*args)
-        self.store.before_commit = _raise
-        try:
+        with fail_before_commit(self.store, _raise):
             with pytest.raises(Boom):
                 fn(*args)
-        finally:
-            self.store.before_commit = None
         return None
 
     @rule(text=texts, kind=st.sampled_from(list(GistKind)), crash=st.booleans())
