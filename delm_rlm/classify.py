@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from delm_rlm import prompts
+from delm_rlm.errors import NotFound
 from delm_rlm.state.protocol import ClassificationRecord, ClassificationRecords
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ class ClassificationLog:
             with self._lock:
                 found = self._results.get(key)
         if found is None:
-            raise LookupError(
+            raise NotFound(
                 "classify was not run on these items with these labels by the agent: a check "
                 "replays only the classifications the agent made (same items, labels, instruction)"
             )

@@ -37,6 +37,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from delm_rlm.errors import ConfigError, RunStateError
 from delm_rlm.state.queue import TaskQueue, TaskState
 from delm_rlm.state.sqlite import RunStore
 
@@ -154,13 +155,13 @@ def run_mode(mode: str, agents: int, tasks: int, directory: Path) -> BenchRow:
         for p in procs:
             p.join()
     else:
-        raise ValueError(f"unknown mode {mode!r}")
+        raise ConfigError(f"unknown mode {mode!r}; use asyncio, threads, conns or procs")
 
     claimed = Counter(tid for log in logs.values() for tid in log.claimed)
     check = TaskQueue(RunStore(path))
     missing = tasks - len(claimed)
     if missing or not check.drained():
-        raise RuntimeError(f"{mode}/{agents}: {missing} tasks never claimed; the queue is broken")
+        raise RunStateError(f"{mode}/{agents}: {missing} tasks never claimed; the queue is broken")
     latencies = sorted(x for log in logs.values() for x in log.latencies)
     lock_wait = sum(s.stats["lock_wait_s"] for s in stores) + sum(l.lock_wait_s for l in logs.values())
     for s in stores:

@@ -172,10 +172,9 @@ class TaskQueue:
                     f"task {task_id} cannot cite unknown gist(s) {', '.join(unknown)}; "
                     "pass the ids the store returned for this task's gists"
                 )
-            self._release(tx, task_id, agent_id, state=TaskState.DONE, gist_ids=ids, updated_at=now)
+            task = self._release(tx, task_id, agent_id, state=TaskState.DONE, gist_ids=ids, updated_at=now)
             events: _Events = [("task_done", task_id, {"gist_ids": ids, "agent": agent_id})]
-            events += self._settle(tx, now)
-            task = tx.get_task(task_id)
+            events += self._settle(tx, now)  # changes only PENDING tasks, never this one
         self._emit(events)
         return task
 
