@@ -13,8 +13,8 @@ write, inside one transaction, and rely on it):
   or SERIALIZABLE with retries). It is re-entrant within one thread: an inner
   `transaction()` joins the outer one, and an exception leaving the outer one undoes both.
   It never spans an `await` (a backend refuses that with `RunStateError`).
-- `reading()` sees one consistent state across several reads; inside a `transaction()` it
-  reads through that transaction.
+- `reading()` sees one consistent state across several reads (call only its reads);
+  inside a `transaction()` it reads through that transaction.
 - The store assigns ids: "g<n>" for gists, "t<n>" for tasks, n = 1, 2, ... in insertion order,
   never reused, and a rolled-back transaction uses none up.
 - Lists come back in id order; unknown ids raise `NotFound`.
