@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from delm_rlm import prompts
+from delm_rlm.errors import NotFound
+from delm_rlm.state.protocol import ClassificationRecord, ClassificationRecords
 
 if TYPE_CHECKING:
     from delm_rlm.llm.gateway import LM
@@ -134,11 +136,20 @@ def _validate(items: Any, labels: Any, instruction: Any) -> tuple[list[str], lis
 class ClassificationLog:
     """Every classification of a run, keyed by (items, labels, instruction): what the
     verifier's replay of `classify` answers from. Thread-safe (the bridge calls tools from
-    its own thread)."""
+    its own thread).
 
-    def __init__(self) -> None:
+    Given a store (`state.protocol.ClassificationRecords`, e.g. the run's `RunStore`), every
+    record is written through to it and the records already there are read back, so a
+    resumed run, or a verifier in another process, replays what earlier agents got. Without
+    one it lives in this process only."""
+
+    def __init__(self, store: ClassificationRecords | None = None) -> None:
         self._lock = threading.Lock()
         self._results: dict[str, list[str | None]] = {}
+        self._store = store
+        self._loaded = 0  # how many of the store's records are in _results
+        if store is not None:
+            self._load_from(store)
 
     @staticmethod
     def key(items: Sequence[str], labels: Sequence[str], instruction: str) -> str:
@@ -146,8 +157,13 @@ class ClassificationLog:
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def record(self, items: Sequence[str], labels: Sequence[str], instruction: str, result: list[str | None]) -> None:
+        key = self.key(items, labels, instruction)
         with self._lock:
-            self._results[self.key(items, labels, instruction)] = list(result)
+            if self._store is not None:  # stored first: memory never holds what the store lost
+                self._store.append_classification(ClassificationRecord(
+                    key=key, labels=list(labels), instruction=instruction, result=list(result)
+                ))
+            self._results[key] = list(result)
 
     def __len__(self) -> int:
         with self._lock:
@@ -156,14 +172,27 @@ class ClassificationLog:
     def replay(self, items: Any, labels: Any, instruction: str = "") -> list[str | None]:
         """The labels an agent's `classify` call got for exactly these arguments."""
         item_list, label_list, text = _validate(items, labels, instruction)
+        key = self.key(item_list, label_list, text)
         with self._lock:
-            found = self._results.get(self.key(item_list, label_list, text))
+            found = self._results.get(key)
+        if found is None and self._store is not None:
+            self._load_from(self._store)  # another process may have recorded it since
+            with self._lock:
+                found = self._results.get(key)
         if found is None:
-            raise LookupError(
+            raise NotFound(
                 "classify was not run on these items with these labels by the agent: a check "
                 "replays only the classifications the agent made (same items, labels, instruction)"
             )
         return list(found)
+
+    def _load_from(self, store: ClassificationRecords) -> None:
+        with self._lock:
+            records = store.classifications()
+            # In append order, our own records included: the last record for a key wins.
+            for record in records[self._loaded:]:
+                self._results[record.key] = list(record.result)
+            self._loaded = len(records)
 
 
 async def classify(

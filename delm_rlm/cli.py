@@ -173,9 +173,9 @@ def _print_gists(result: Result, run_dir: Path, console: Console) -> None:
     store_path = Path(result.store_path) if result.store_path else run_dir / STORE_FILE
     gists: dict[str, Any] = {}
     if store_path.is_file():
-        from delm_rlm.trace_html import StoreSnapshot
+        from delm_rlm.state.sqlite import read_snapshot
 
-        gists = {g.get("id"): g for g in StoreSnapshot.read(store_path).gists}
+        gists = {g.get("id"): g for g in read_snapshot(store_path).gists}
     table = Table(title="the answer rests on", title_justify="left", show_edge=False)
     for col in ("gist", "kind", "text", "verification"):
         table.add_column(col, overflow="fold")

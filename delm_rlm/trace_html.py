@@ -7,8 +7,8 @@ the usage. `RunReport.to_html()` writes that view as a single page with inline C
 few lines of inline JS: no server, no network, no CDN. Every string that came from a run is
 escaped; nothing from a run is ever placed inside a <script>.
 
-The store is read through plain `sqlite3` in read-only mode, so writing a report never
-changes the run it describes.
+The store is read as a `StoreSnapshot` (`state.sqlite.read_snapshot`, read-only), so
+writing a report never changes the run it describes.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from delm_rlm.errors import RunNotFound
 import html
 import json
 import re
-import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from delm_rlm.state.protocol import StoreSnapshot
+from delm_rlm.state.sqlite import read_snapshot
 from delm_rlm.trace import Trace, TraceEvent
 
 TRACE_FILE = "trace.jsonl"
@@ -64,50 +65,6 @@ def _one(folder: Path, preferred: str, pattern: str | None) -> Path | None:
         if len(found) == 1:
             return found[0]
     return None
-
-
-@dataclass
-class StoreSnapshot:
-    """What the run's SQLite file holds, as plain dicts (independent of model classes)."""
-
-    meta: dict[str, Any] = field(default_factory=dict)
-    gists: list[dict[str, Any]] = field(default_factory=list)
-    tasks: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def read(cls, path: str | Path) -> StoreSnapshot:
-        uri = f"file:{Path(path).resolve()}?mode=ro"
-        try:
-            conn = sqlite3.connect(uri, uri=True)
-        except sqlite3.Error as exc:
-            raise RunNotFound(f"{path}: cannot open the run store read-only: {exc}") from exc
-        try:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            snap = cls()
-            if "meta" in tables:
-                snap.meta = {k: _json(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-            if "gists" in tables:
-                snap.gists = [_json(r[0]) for r in conn.execute("SELECT data FROM gists ORDER BY seq")]
-            if "tasks" in tables:
-                conn.row_factory = sqlite3.Row
-                for row in conn.execute("SELECT * FROM tasks ORDER BY seq"):
-                    task = dict(row)
-                    for key in ("deps", "gist_ids", "errors"):
-                        if isinstance(task.get(key), str):
-                            task[key] = _json(task[key])
-                    snap.tasks.append(task)
-            return snap
-        except sqlite3.DatabaseError as exc:
-            raise RunNotFound(f"{path}: not a delm-rlm run store ({exc})") from exc
-        finally:
-            conn.close()
-
-
-def _json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return text
 
 
 @dataclass
@@ -157,7 +114,7 @@ class RunReport:
     def load(cls, path: str | Path) -> RunReport:
         files = RunFiles.locate(path)
         events = Trace.load(files.trace) if files.trace else []
-        store = StoreSnapshot.read(files.store) if files.store else None
+        store = read_snapshot(files.store) if files.store else None
         return cls(events, store, files)
 
     # ---- the run at a glance ------------------------------------------------------------

@@ -16,7 +16,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from delm_rlm.state.context import SharedContext
 from delm_rlm.gists import CodeEvidence, Gist, GistKind, GistStatus, QuoteEvidence
 from delm_rlm.state.queue import TaskQueue
-from delm_rlm.state.sqlite import SCHEMA_VERSION, NotFound, RunStore, StoreError
+from delm_rlm.errors import RunNotFound
+from delm_rlm.state.sqlite import SCHEMA_VERSION, NotFound, RunStore, StoreError, read_snapshot
+from store_faults import fail_before_commit
 
 
 class Boom(Exception):
@@ -131,21 +133,71 @@ def test_a_v1_store_is_migrated_and_its_gists_are_found_as_duplicates(tmp_path: 
     assert "gists_dedupe" in {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='index'")}
 
 
+def _rewrite_as_v2(path: Path) -> None:
+    """Rewrite a run file as schema v2 wrote it: no run counters, no classification log."""
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE run_counters")
+    conn.execute("DROP TABLE classifications")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+
+
+def test_a_v2_store_is_migrated_and_its_meta_counters_count_on(tmp_path: Path) -> None:
+    """A v2 run kept the team's round and added-task counts in meta; opened by v3 they are
+    counters, and the classification log starts empty."""
+    path = tmp_path / "v2.sqlite"
+    store = RunStore(path)
+    store.set_meta(question="q", finalize_rounds=2, added_tasks=1)
+    store.add_gist(_fact("kept"))
+    store.close()
+    _rewrite_as_v2(path)
+    assert read_snapshot(path).meta["finalize_rounds"] == 2  # the report reads it as it is
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2  # unchanged
+
+    reopened = RunStore(path)
+    assert reopened.meta().schema_version == SCHEMA_VERSION
+    assert (reopened.counter("finalize_rounds"), reopened.counter("added_tasks")) == (2, 1)
+    assert reopened.add_to_counter("finalize_rounds") == 3
+    assert reopened.classifications() == []
+    assert [g.text for g in reopened.list_gists()] == ["kept"] and reopened.meta().question == "q"
+    reopened.close()
+    assert RunStore(path).counter("finalize_rounds") == 3  # migrated once, not on every open
+
+
+def test_read_snapshot_is_read_only_and_refuses_what_is_no_store(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite"
+    store = RunStore(path)
+    store.add_gist(_fact("one"))
+    TaskQueue(store).add("a task")
+    store.close()
+    before = path.read_bytes()
+    snap = read_snapshot(path)
+    assert [g["text"] for g in snap.gists] == ["one"] and snap.tasks[0]["deps"] == []
+    assert "seq" not in snap.tasks[0] and snap.meta["schema_version"] == SCHEMA_VERSION
+    assert path.read_bytes() == before
+    with pytest.raises(RunNotFound, match="cannot open the run store read-only"):
+        read_snapshot(tmp_path / "missing.sqlite")
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(RunNotFound, match="not a delm-rlm run store"):
+        read_snapshot(junk)
+
+
 def test_exception_inside_a_multi_write_transaction_leaves_nothing(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "r.sqlite")
     ctx = SharedContext(store)
     target = ctx.record(_fact("the total is 9", 9))
     dup = ctx.add_pending(_fact("The total is 9.", 9))
     before = store.list_gists()
-    store.before_commit = _raise
-    # merge writes two rows (the duplicate, the target's support): both or neither.
-    with pytest.raises(Boom):
-        ctx.merge(dup.id, target.id)
-    with pytest.raises(Boom):
-        ctx.reject(dup.id, "wrong", failure=Gist(kind="failure", text="tried X; wrong"))
-    with pytest.raises(Boom):
-        TaskQueue(store).add("a task")
-    store.before_commit = None
+    with fail_before_commit(store, _raise):
+        # merge writes two rows (the duplicate, the target's support): both or neither.
+        with pytest.raises(Boom):
+            ctx.merge(dup.id, target.id)
+        with pytest.raises(Boom):
+            ctx.reject(dup.id, "wrong", failure=Gist(kind="failure", text="tried X; wrong"))
+        with pytest.raises(Boom):
+            TaskQueue(store).add("a task")
     assert store.list_gists() == before
     assert TaskQueue(store).all() == []
     assert store.add_gist(_fact("next")).id == "g3"  # no id was burnt by the rollbacks
@@ -154,10 +206,12 @@ def test_exception_inside_a_multi_write_transaction_leaves_nothing(tmp_path: Pat
 def _write_then_die(path: str, commit: bool) -> None:
     store = RunStore(path)
     store.add_gist(_fact("committed before the crash"))
-    if not commit:
-        store.before_commit = lambda: os._exit(3)  # the process dies inside the transaction
     ctx = SharedContext(store)
-    ctx.record(_fact("written by the dying process"))
+    if commit:
+        ctx.record(_fact("written by the dying process"))
+    else:
+        with fail_before_commit(store, lambda: os._exit(3)):  # the process dies inside the transaction
+            ctx.record(_fact("written by the dying process"))
     os._exit(3)  # no close, no cleanup: like kill -9
 
 
@@ -244,12 +298,9 @@ class StoreMachine(RuleBasedStateMachine):
         """Run a write; when `crash`, fail it just before COMMIT. True if it committed."""
         if not crash:
             return fn(*args)
-        self.store.before_commit = _raise
-        try:
+        with fail_before_commit(self.store, _raise):
             with pytest.raises(Boom):
                 fn(*args)
-        finally:
-            self.store.before_commit = None
         return None
 
     @rule(text=texts, kind=st.sampled_from(list(GistKind)), crash=st.booleans())

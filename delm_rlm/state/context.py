@@ -3,8 +3,9 @@
 Agents see it through `prompt_view` (admitted gists that fit a token budget, highest-value
 kinds first, one "[g3 FACT] text" line each) and `unfold` (summary, then raw evidence read
 back from the corpus by pointer). The verifier writes it through `add_pending`, `admit`,
-`reject` (optionally recording a FAILURE gist in the same transaction), `merge` and
-`record`, and asks `find_duplicate` before admitting.
+`reject` (optionally recording a FAILURE gist in the same transaction), `merge`,
+`add_support` and `record`, and asks `find_duplicate` before admitting. It reads and writes
+the store only through `state.protocol.RunState`.
 
 Token counts in the prompt view are estimated as ceil(characters / 4): close enough for
 English text and code for a budget, and free to compute.
@@ -29,7 +30,8 @@ from delm_rlm.gists import (
     normalize_text,
     text_numbers,
 )
-from delm_rlm.state.sqlite import RunStore
+from delm_rlm.errors import ConfigError
+from delm_rlm.state.protocol import RunState
 
 NEAR_DUPLICATE_JACCARD = 0.9
 _LEVELS = {0: "text", 1: "summary", 2: "raw evidence"}
@@ -58,7 +60,7 @@ def _normalize_ws(text: str) -> str:
 
 
 class SharedContext:
-    def __init__(self, store: RunStore, corpus_docs: Sequence[str] | None = None) -> None:
+    def __init__(self, store: RunState, corpus_docs: Sequence[str] | None = None) -> None:
         self.store = store
         self.corpus_docs = corpus_docs
 
@@ -90,9 +92,9 @@ class SharedContext:
         """PENDING -> REJECTED with the reason; `failure` (a FAILURE gist saying what was
         tried and why it failed) is recorded as ADMITTED in the same transaction."""
         if not note or not note.strip():
-            raise ValueError("a rejection needs a note saying why (agents read it)")
+            raise ConfigError("a rejection needs a note saying why (agents read it)")
         if failure is not None and failure.kind != GistKind.FAILURE:
-            raise ValueError(f"the failure record must be a FAILURE gist, not {failure.kind.name}")
+            raise ConfigError(f"the failure record must be a FAILURE gist, not {failure.kind.name}")
         with self.store.transaction() as tx:
             self._pending(tx.get_gist(gist_id), "reject")
             rejected = tx.update_gist(gist_id, status=GistStatus.REJECTED, note=note.strip())
@@ -105,12 +107,12 @@ class SharedContext:
         """PENDING -> MERGED into an ADMITTED gist, whose support grows by this one's.
         Returns the updated target gist."""
         if gist_id == into:
-            raise ValueError(f"cannot merge {gist_id} into itself")
+            raise ConfigError(f"cannot merge {gist_id} into itself")
         with self.store.transaction() as tx:
             gist = self._pending(tx.get_gist(gist_id), "merge")
             target = tx.get_gist(into)
             if target.status != GistStatus.ADMITTED:
-                raise ValueError(
+                raise ConfigError(
                     f"can only merge into an ADMITTED gist; {into} is {target.status.value}"
                 )
             tx.update_gist(
@@ -120,6 +122,20 @@ class SharedContext:
                 note=note or f"duplicate of {into}",
             )
             return tx.update_gist(into, support=target.support + gist.support)
+
+    def add_support(self, gist_id: str, n: int = 1) -> Gist:
+        """Count `n` more independent findings for an ADMITTED gist (e.g. a rejection that
+        repeats a recorded FAILURE); read and written in one transaction, so concurrent
+        verifiers never lose a count. Returns the updated gist."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"support grows by a whole number >= 1, got {n!r}")
+        with self.store.transaction() as tx:
+            gist = tx.get_gist(gist_id)
+            if gist.status != GistStatus.ADMITTED:
+                raise ConfigError(
+                    f"only ADMITTED gists gain support; {gist_id} is {gist.status.value}"
+                )
+            return tx.update_gist(gist_id, support=gist.support + n)
 
     def record(self, gist: Gist, note: str | None = None) -> Gist:
         """Add a gist directly as ADMITTED: for what the system itself knows to be true
@@ -135,7 +151,7 @@ class SharedContext:
     @staticmethod
     def _pending(gist: Gist, action: str) -> Gist:
         if gist.status != GistStatus.PENDING:
-            raise ValueError(
+            raise ConfigError(
                 f"cannot {action} {gist.id}: it is already {gist.status.value} "
                 "(only PENDING gists are decided)"
             )
@@ -186,7 +202,7 @@ class SharedContext:
         last line says how many (by kind) and how to read them. If not even that line fits,
         it is still returned: the agent must learn that gists exist."""
         if token_budget < 0:
-            raise ValueError(f"token_budget must be >= 0, got {token_budget}")
+            raise ConfigError(f"token_budget must be >= 0, got {token_budget}")
         gists = self.admitted()
         if not gists:
             return "(no verified gists yet)"
@@ -222,7 +238,7 @@ class SharedContext:
         each quote re-read from the corpus at its pointer beside the stored quote, each
         code evidence with its output, and the check code with the claimed value."""
         if level not in _LEVELS:
-            raise ValueError(
+            raise ConfigError(
                 f"unfold level must be 0 (text), 1 (summary) or 2 (raw evidence); got {level!r}"
             )
         gist = self.store.get_gist(gist_id)

@@ -7,8 +7,10 @@ Leases. `claim` hands an agent a READY task with a lease of `lease_s` seconds; t
 calls `renew` while it works. A lease stays its holder's until it has expired AND another
 `claim` has reclaimed the task (reclaiming happens inside the claim transaction). So a late
 but not yet reclaimed holder may still renew or complete; once reclaimed, it gets `LeaseLost`.
-Because every operation is one `BEGIN IMMEDIATE` transaction on the run's SQLite file, no
-task is ever held by two agents, whatever the timing, across threads and processes.
+Every operation is one transaction of the run's store (`state.protocol.RunState`), which
+never lets another writer change what the transaction read, and every lease change is a
+conditional update: no task is ever held by two agents, whatever the timing, across threads,
+processes or machines.
 
 Stale leases raise `LeaseLost` from `complete`/`reject`/`fail` (an exception rather than a
 False return, so lost work is never silently dropped); `renew` returns False instead, since
@@ -21,63 +23,27 @@ depends on it with "dependency tX failed: <reason>".
 
 from __future__ import annotations
 
-from delm_rlm.errors import LeaseLost
-
-import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from delm_rlm.state.sqlite import NotFound, RunStore, Tx
+from delm_rlm.errors import ConfigError, LeaseLost, NotFound
+from delm_rlm.state.protocol import RunState, StateTransaction, Task, TaskState
 from delm_rlm.trace import Trace
+
+__all__ = ["MAX_GOAL_CHARS", "LeaseLost", "Task", "TaskQueue", "TaskState"]
 
 MAX_GOAL_CHARS = 4000
 # (trace event kind, task id, data) collected inside a transaction, emitted after COMMIT.
 _Events = list[tuple[str, str, dict[str, Any]]]
 _MAX_REASON_CHARS = 1000
-
-
-class TaskState(str, Enum):
-    PENDING = "pending"
-    READY = "ready"
-    CLAIMED = "claimed"
-    DONE = "done"
-    FAILED = "failed"
-
-
-class Task(BaseModel):
-    id: str
-    goal: str
-    deps: list[str] = Field(default_factory=list)
-    state: TaskState
-    lease_holder: str | None = None
-    lease_expires: float | None = None  # in the queue's clock (epoch seconds by default)
-    attempts: int = 0  # claims so far
-    max_attempts: int
-    gist_ids: list[str] = Field(default_factory=list)
-    created_by: str | None = None
-    last_error: str | None = None  # the latest rejection / failure / expiry reason
-    errors: list[str] = Field(default_factory=list)  # every such reason, oldest first
-    created_at: float
-    updated_at: float
-
-
-def _row_to_task(row: sqlite3.Row | tuple[Any, ...], columns: list[str]) -> Task:
-    data = dict(zip(columns, row))
-    data.pop("seq", None)
-    for key in ("deps", "gist_ids", "errors"):
-        data[key] = json.loads(data[key])
-    return Task.model_validate(data)
+_OPEN_STATES = (TaskState.PENDING, TaskState.READY, TaskState.CLAIMED)
 
 
 class TaskQueue:
     def __init__(
         self,
-        store: RunStore,
+        store: RunState,
         *,
         lease_s: float = 120.0,
         max_attempts: int = 3,
@@ -85,9 +51,9 @@ class TaskQueue:
         trace: Trace | None = None,
     ) -> None:
         if lease_s <= 0:
-            raise ValueError(f"lease_s must be > 0 seconds, got {lease_s}")
+            raise ConfigError(f"lease_s must be > 0 seconds, got {lease_s}")
         if max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+            raise ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
         self.store = store
         self.lease_s = lease_s
         self.max_attempts = max_attempts
@@ -96,32 +62,17 @@ class TaskQueue:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def _select(self, tx: Tx, where: str = "", args: tuple[Any, ...] = ()) -> list[Task]:
-        cur = tx.conn.execute(f"SELECT * FROM tasks {where} ORDER BY seq", args)
-        columns = [c[0] for c in cur.description]
-        return [_row_to_task(r, columns) for r in cur.fetchall()]
-
-    def _get(self, tx: Tx, task_id: str) -> Task:
-        found = self._select(tx, "WHERE id = ?", (task_id,))
-        if not found:
-            raise NotFound(f"no task {task_id!r} in this run; task ids look like 't1', 't2'")
-        return found[0]
-
     def get(self, task_id: str) -> Task:
         with self.store.reading() as tx:
-            return self._get(tx, task_id)
+            return tx.get_task(task_id)
 
     def all(self) -> list[Task]:
         with self.store.reading() as tx:
-            return self._select(tx)
+            return tx.list_tasks()
 
     def counts(self) -> dict[TaskState, int]:
         with self.store.reading() as tx:
-            rows = tx.conn.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall()
-        counts = {state: 0 for state in TaskState}
-        for state, n in rows:
-            counts[TaskState(state)] = n
-        return counts
+            return tx.task_counts()
 
     def drained(self) -> bool:
         """True when no task is ready, claimed (even with an expired lease) or pending.
@@ -129,19 +80,14 @@ class TaskQueue:
         Dependencies always name earlier tasks, so a PENDING task implies some READY or
         CLAIMED task upstream: drained means the team has nothing left to do or wait for.
         """
-        with self.store.reading() as tx:
-            n = tx.conn.execute(
-                "SELECT count(*) FROM tasks WHERE state IN ('pending', 'ready', 'claimed')"
-            ).fetchone()[0]
-        return n == 0
+        counts = self.counts()
+        return sum(counts[state] for state in _OPEN_STATES) == 0
 
     def next_lease_expiry(self) -> float | None:
         """The earliest expiry among claimed tasks (when an idle agent should look again)."""
         with self.store.reading() as tx:
-            row = tx.conn.execute(
-                "SELECT min(lease_expires) FROM tasks WHERE state = 'claimed'"
-            ).fetchone()
-        return row[0]
+            expiries = [t.lease_expires for t in tx.list_tasks(states=[TaskState.CLAIMED])]
+        return min((e for e in expiries if e is not None), default=None)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -156,10 +102,10 @@ class TaskQueue:
         """Add a task. Every dependency must be an existing task id; the task is READY at
         once when they are all DONE, FAILED at once when one of them FAILED."""
         if not isinstance(goal, str) or not goal.strip():
-            raise ValueError("a task needs a goal: a non-empty sentence saying what to do")
+            raise ConfigError("a task needs a goal: a non-empty sentence saying what to do")
         goal = goal.strip()
         if len(goal) > MAX_GOAL_CHARS:
-            raise ValueError(
+            raise ConfigError(
                 f"task goal is {len(goal)} characters; keep it under {MAX_GOAL_CHARS} "
                 "(put data in the corpus or in gists, not in the goal)"
             )
@@ -167,36 +113,26 @@ class TaskQueue:
             deps = [deps]
         dep_list = list(dict.fromkeys(deps))  # de-duplicated, order kept
         if any(not isinstance(d, str) for d in dep_list):
-            raise ValueError(f"deps must be task ids like 't1'; got {dep_list!r}")
+            raise ConfigError(f"deps must be task ids like 't1'; got {dep_list!r}")
         attempts_cap = self.max_attempts if max_attempts is None else max_attempts
         if attempts_cap < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {attempts_cap}")
+            raise ConfigError(f"max_attempts must be >= 1, got {attempts_cap}")
         now = self.clock()
         events: _Events = []
         with self.store.transaction() as tx:
             if dep_list:
-                marks = ",".join("?" * len(dep_list))
-                found = {
-                    r[0]
-                    for r in tx.conn.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", dep_list)
-                }
+                found = {t.id for t in tx.list_tasks(ids=dep_list)}
                 missing = [d for d in dep_list if d not in found]
                 if missing:
-                    raise ValueError(
+                    raise ConfigError(
                         f"unknown dependency {', '.join(missing)}: a task can only depend on "
                         "tasks that already exist (add those first)"
                     )
-            task_id = tx.next_id("t")
-            tx.conn.execute(
-                "INSERT INTO tasks(seq, id, goal, deps, state, max_attempts, created_by, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
-                (int(task_id[1:]), task_id, goal, json.dumps(dep_list), attempts_cap,
-                 created_by, now, now),
-            )
-            events.append(("task_created", task_id,
+            task = tx.add_task(goal, dep_list, attempts_cap, created_by, now)
+            events.append(("task_created", task.id,
                            {"goal": goal, "deps": dep_list, "created_by": created_by}))
             events += self._settle(tx, now)
-            task = self._get(tx, task_id)
+            task = tx.get_task(task.id)
         self._emit(events)
         return task
 
@@ -208,15 +144,7 @@ class TaskQueue:
         events: _Events = []
         with self.store.transaction() as tx:
             events += self._reap(tx, now)
-            cur = tx.conn.execute(
-                "UPDATE tasks SET state = 'claimed', lease_holder = ?, lease_expires = ?, "
-                "attempts = attempts + 1, updated_at = ? "
-                "WHERE seq = (SELECT seq FROM tasks WHERE state = 'ready' ORDER BY seq LIMIT 1) "
-                "RETURNING *",
-                (agent_id, now + self.lease_s, now),
-            )
-            row = cur.fetchone()
-            task = None if row is None else _row_to_task(row, [c[0] for c in cur.description])
+            task = tx.claim_ready_task(agent_id, now + self.lease_s, now)
         if task is not None:
             events.append(("task_claimed", task.id,
                            {"attempt": task.attempts, "lease_s": self.lease_s, "agent": agent_id}))
@@ -227,15 +155,11 @@ class TaskQueue:
         """Extend the lease by `lease_s` from now. False when the agent no longer holds it."""
         now = self.clock()
         with self.store.transaction() as tx:
-            cur = tx.conn.execute(
-                "UPDATE tasks SET lease_expires = ?, updated_at = ? "
-                "WHERE id = ? AND state = 'claimed' AND lease_holder = ?",
-                (now + self.lease_s, now, task_id, agent_id),
+            renewed = tx.update_task(  # an unknown id raises NotFound rather than a quiet False
+                task_id, if_state=TaskState.CLAIMED, if_holder=agent_id,
+                lease_expires=now + self.lease_s, updated_at=now,
             )
-            renewed = cur.rowcount == 1
-            if not renewed:
-                self._get(tx, task_id)  # unknown id -> NotFound rather than a quiet False
-        return renewed
+        return renewed is not None
 
     def complete(self, task_id: str, agent_id: str, gist_ids: Iterable[str] = ()) -> Task:
         """Mark the task DONE with the gists it produced; dependents become READY."""
@@ -243,22 +167,14 @@ class TaskQueue:
         now = self.clock()
         with self.store.transaction() as tx:
             self._held(tx, task_id, agent_id)
-            if ids:
-                marks = ",".join("?" * len(ids))
-                known = {r[0] for r in tx.conn.execute(f"SELECT id FROM gists WHERE id IN ({marks})", ids)}
-                if unknown := [g for g in ids if g not in known]:
-                    raise ValueError(
-                        f"task {task_id} cannot cite unknown gist(s) {', '.join(unknown)}; "
-                        "pass the ids the store returned for this task's gists"
-                    )
-            tx.conn.execute(
-                "UPDATE tasks SET state = 'done', gist_ids = ?, lease_holder = NULL, "
-                "lease_expires = NULL, updated_at = ? WHERE id = ?",
-                (json.dumps(ids), now, task_id),
-            )
-            events = [("task_done", task_id, {"gist_ids": ids, "agent": agent_id})]
-            events += self._settle(tx, now)
-            task = self._get(tx, task_id)
+            if unknown := [g for g in ids if not _gist_exists(tx, g)]:
+                raise ConfigError(
+                    f"task {task_id} cannot cite unknown gist(s) {', '.join(unknown)}; "
+                    "pass the ids the store returned for this task's gists"
+                )
+            task = self._release(tx, task_id, agent_id, state=TaskState.DONE, gist_ids=ids, updated_at=now)
+            events: _Events = [("task_done", task_id, {"gist_ids": ids, "agent": agent_id})]
+            events += self._settle(tx, now)  # changes only PENDING tasks, never this one
         self._emit(events)
         return task
 
@@ -274,7 +190,7 @@ class TaskQueue:
                 events = self._set_failed(tx, task, final, now)
             else:
                 events = self._requeue(tx, task, f"rejected: {reason}", now)
-            task = self._get(tx, task_id)
+            task = tx.get_task(task_id)
         self._emit(events)
         return task
 
@@ -285,7 +201,7 @@ class TaskQueue:
         with self.store.transaction() as tx:
             task = self._held(tx, task_id, agent_id)
             events = self._set_failed(tx, task, reason, now)
-            task = self._get(tx, task_id)
+            task = tx.get_task(task_id)
         self._emit(events)
         return task
 
@@ -300,8 +216,9 @@ class TaskQueue:
 
     # -- inside a transaction ------------------------------------------------------------------
 
-    def _held(self, tx: Tx, task_id: str, agent_id: str) -> Task:
-        task = self._get(tx, task_id)
+    @staticmethod
+    def _held(tx: StateTransaction, task_id: str, agent_id: str) -> Task:
+        task = tx.get_task(task_id)
         if task.state != TaskState.CLAIMED:
             raise LeaseLost(task_id, agent_id, f"the task is {task.state.value} now")
         if task.lease_holder != agent_id:
@@ -311,25 +228,30 @@ class TaskQueue:
             )
         return task
 
-    def _requeue(self, tx: Tx, task: Task, reason: str, now: float) -> _Events:
-        tx.conn.execute(
-            "UPDATE tasks SET state = 'ready', lease_holder = NULL, lease_expires = NULL, "
-            "last_error = ?, errors = ?, updated_at = ? WHERE id = ?",
-            (reason, json.dumps([*task.errors, reason]), now, task.id),
+    @staticmethod
+    def _release(tx: StateTransaction, task_id: str, holder: str | None, **changes: Any) -> Task:
+        """End the lease of `holder` with `changes`; only while `holder` still holds it."""
+        released = tx.update_task(
+            task_id, if_state=TaskState.CLAIMED, if_holder=holder,
+            lease_holder=None, lease_expires=None, **changes,
         )
+        if released is None:  # only a store that breaks its isolation promise gets here
+            raise LeaseLost(task_id, str(holder), "another writer changed the task meanwhile")
+        return released
+
+    def _requeue(self, tx: StateTransaction, task: Task, reason: str, now: float) -> _Events:
+        self._release(tx, task.id, task.lease_holder, state=TaskState.READY, last_error=reason,
+                      errors=[*task.errors, reason], updated_at=now)
         return [("task_requeued", task.id, {"reason": reason})]
 
-    def _set_failed(self, tx: Tx, task: Task, reason: str, now: float) -> _Events:
-        tx.conn.execute(
-            "UPDATE tasks SET state = 'failed', lease_holder = NULL, lease_expires = NULL, "
-            "last_error = ?, errors = ?, updated_at = ? WHERE id = ?",
-            (reason, json.dumps([*task.errors, reason]), now, task.id),
-        )
+    def _set_failed(self, tx: StateTransaction, task: Task, reason: str, now: float) -> _Events:
+        self._release(tx, task.id, task.lease_holder, state=TaskState.FAILED, last_error=reason,
+                      errors=[*task.errors, reason], updated_at=now)
         return [("task_failed", task.id, {"reason": reason}), *self._settle(tx, now)]
 
-    def _reap(self, tx: Tx, now: float) -> _Events:
+    def _reap(self, tx: StateTransaction, now: float) -> _Events:
         events: _Events = []
-        for task in self._select(tx, "WHERE state = 'claimed' AND lease_expires <= ?", (now,)):
+        for task in tx.list_tasks(states=[TaskState.CLAIMED], lease_expires_by=now):
             reason = f"lease of {task.lease_holder} expired (attempt {task.attempts}/{task.max_attempts})"
             if task.attempts >= task.max_attempts:
                 events += self._set_failed(tx, task, reason, now)
@@ -337,34 +259,33 @@ class TaskQueue:
                 events += self._requeue(tx, task, reason, now)
         return events
 
-    def _settle(self, tx: Tx, now: float) -> _Events:
+    @staticmethod
+    def _settle(tx: StateTransaction, now: float) -> _Events:
         """Promote PENDING tasks whose deps are all DONE; fail those with a FAILED dep.
 
         Dependencies always have smaller ids, so one pass in id order settles whole chains.
         """
-        pending = self._select(tx, "WHERE state = 'pending'")
+        pending = tx.list_tasks(states=[TaskState.PENDING])
         if not pending:
             return []
-        rows = tx.conn.execute("SELECT id, state, last_error FROM tasks").fetchall()
-        state = {r[0]: r[1] for r in rows}
-        error = {r[0]: r[2] for r in rows}
+        known = {t.id: t for t in pending}
+        wanted = {d for t in pending for d in t.deps} - known.keys()
+        known.update({t.id: t for t in tx.list_tasks(ids=sorted(wanted))})
+        state = {tid: t.state for tid, t in known.items()}
+        error = {tid: t.last_error for tid, t in known.items()}
         events: _Events = []
         for task in pending:
-            failed = next((d for d in task.deps if state[d] == TaskState.FAILED.value), None)
+            failed = next((d for d in task.deps if state[d] == TaskState.FAILED), None)
             if failed is not None:
                 reason = _reason(f"dependency {failed} failed: {error[failed]}")
-                tx.conn.execute(
-                    "UPDATE tasks SET state = 'failed', last_error = ?, errors = ?, "
-                    "updated_at = ? WHERE id = ?",
-                    (reason, json.dumps([*task.errors, reason]), now, task.id),
-                )
-                state[task.id], error[task.id] = TaskState.FAILED.value, reason
+                tx.update_task(task.id, if_state=TaskState.PENDING, state=TaskState.FAILED,
+                               last_error=reason, errors=[*task.errors, reason], updated_at=now)
+                state[task.id], error[task.id] = TaskState.FAILED, reason
                 events.append(("task_failed", task.id, {"reason": reason}))
-            elif all(state[d] == TaskState.DONE.value for d in task.deps):
-                tx.conn.execute(
-                    "UPDATE tasks SET state = 'ready', updated_at = ? WHERE id = ?", (now, task.id)
-                )
-                state[task.id] = TaskState.READY.value
+            elif all(state[d] == TaskState.DONE for d in task.deps):
+                tx.update_task(task.id, if_state=TaskState.PENDING, state=TaskState.READY,
+                               updated_at=now)
+                state[task.id] = TaskState.READY
         return events
 
     def _emit(self, events: _Events) -> None:
@@ -377,14 +298,22 @@ class TaskQueue:
             self.trace.emit(kind, task=task_id, agent=agent, **data)
 
 
+def _gist_exists(tx: StateTransaction, gist_id: str) -> bool:
+    try:
+        tx.get_gist(gist_id)
+    except NotFound:
+        return False
+    return True
+
+
 def _check_agent(agent_id: str) -> None:
     if not isinstance(agent_id, str) or not agent_id:
-        raise ValueError(f"agent_id must be a non-empty string, got {agent_id!r}")
+        raise ConfigError(f"agent_id must be a non-empty string, got {agent_id!r}")
 
 
 def _reason(reason: str) -> str:
     if not isinstance(reason, str) or not reason.strip():
-        raise ValueError("give a reason (a short sentence) so the next attempt can avoid it")
+        raise ConfigError("give a reason (a short sentence) so the next attempt can avoid it")
     reason = reason.strip()
     if len(reason) > _MAX_REASON_CHARS:
         reason = reason[: _MAX_REASON_CHARS - 3] + "..."

@@ -1,4 +1,4 @@
-"""RunStore: everything one run writes, in one SQLite file.
+"""RunStore: everything one run writes, in one SQLite file (the `state.protocol` on SQLite).
 
 Design choices (why):
 - WAL journal: readers never block the writer and a killed process loses nothing committed.
@@ -10,12 +10,14 @@ Design choices (why):
   of failing.
 - One connection per process, guarded by a re-entrant lock: threads and asyncio tasks of a
   process take turns (a transaction never awaits), processes are serialized by SQLite.
-- Ids ("g1", "t1") come from a counter row updated inside the same transaction that inserts.
+- Ids ("g1", "t1") come from a sequence row updated inside the same transaction that inserts.
+- The schema has a version (`PRAGMA user_version`); older files are migrated on open, one
+  step at a time, inside the opening transaction.
+
+All of the project's SQL for a run lives here: the queue's and the report reader's too.
 """
 
 from __future__ import annotations
-
-from delm_rlm.errors import NotFound, StoreError
 
 import asyncio
 import json
@@ -23,17 +25,42 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from delm_rlm.gists import Gist, GistKind, GistStatus, dedupe_key, parse_kind
+from delm_rlm.errors import ConfigError, NotFound, RunNotFound, RunStateError, StoreError
+from delm_rlm.gists import Gist, GistStatus, dedupe_key, parse_kind
+from delm_rlm.state.protocol import (
+    TASK_UPDATABLE_FIELDS,
+    ClassificationRecord,
+    KindFilter,
+    RunMeta,
+    StatusFilter,
+    StoreSnapshot,
+    Task,
+    TaskState,
+    utc_now_iso,
+)
 
-SCHEMA_VERSION = 2  # v2: gists.dedupe_key (indexed duplicate candidates)
+SCHEMA_VERSION = 3  # v2: gists.dedupe_key (indexed duplicate candidates); v3: run_counters, classifications
+
+_V3_TABLES = """
+CREATE TABLE IF NOT EXISTS run_counters (
+    name  TEXT PRIMARY KEY,           -- e.g. 'finalize_rounds', 'added_tasks'
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS classifications (
+    seq         INTEGER PRIMARY KEY,  -- append order
+    key         TEXT NOT NULL,        -- ClassificationLog.key(items, labels, instruction)
+    labels      TEXT NOT NULL,        -- JSON list
+    instruction TEXT NOT NULL,
+    result      TEXT NOT NULL         -- JSON list: one label (or null) per item
+);
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -41,7 +68,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL               -- JSON
 );
 CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,            -- 'g' for gists, 't' for tasks
+    name TEXT PRIMARY KEY,            -- id sequences: 'g' for gists, 't' for tasks
     last INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS gists (
@@ -72,51 +99,66 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated_at    REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, seq);
-"""
+""" + _V3_TABLES
+
+_OWN_TABLES = {"meta", "counters", "gists", "tasks", "run_counters", "classifications"}
+# v2 runs kept these team counters in meta; v3 copies them into run_counters.
+_V2_META_COUNTERS = ("finalize_rounds", "added_tasks")
+
+_TASK_COLUMNS = (
+    "id", "goal", "deps", "state", "lease_holder", "lease_expires", "attempts", "max_attempts",
+    "gist_ids", "created_by", "last_error", "errors", "created_at", "updated_at",
+)
+_TASK_SELECT = ", ".join(_TASK_COLUMNS)
+_TASK_JSON_COLUMNS = ("deps", "gist_ids", "errors")
 
 
-class RunMeta(BaseModel):
-    """The run's meta table. Unknown keys are kept (extra='allow')."""
-
-    model_config = ConfigDict(extra="allow")
-
-    schema_version: int = SCHEMA_VERSION
-    question: str | None = None
-    method: str | None = None
-    config: dict[str, Any] = Field(default_factory=dict)
-    status: str = "created"
-    answer: str | None = None
-    created_at: str | None = None  # ISO 8601 UTC
-    finished_at: str | None = None
+def _task_from_row(row: Sequence[Any]) -> Task:
+    data = dict(zip(_TASK_COLUMNS, row))
+    for key in _TASK_JSON_COLUMNS:
+        data[key] = json.loads(data[key])
+    return Task.model_validate(data)
 
 
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        return [value]
+    return list(value)
+
+
+def _check_counter(name: str, delta: int = 0) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"a counter needs a name (a non-empty string), got {name!r}")
+    if isinstance(delta, bool) or not isinstance(delta, int):
+        raise ConfigError(f"counters add whole numbers; got delta {delta!r}")
 
 
 class Tx:
-    """Operations inside one open transaction (see `RunStore.transaction`)."""
+    """The operations of one open transaction (see `RunStore.transaction`): the protocol's
+    `StateTransaction` on SQLite."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+        self._conn = conn
 
-    def next_id(self, prefix: str) -> str:
-        row = self.conn.execute(
+    def _next_id(self, prefix: str) -> str:
+        row = self._conn.execute(
             "UPDATE counters SET last = last + 1 WHERE name = ? RETURNING last", (prefix,)
         ).fetchone()
         if row is None:
-            self.conn.execute("INSERT INTO counters(name, last) VALUES (?, 1)", (prefix,))
+            self._conn.execute("INSERT INTO counters(name, last) VALUES (?, 1)", (prefix,))
             return f"{prefix}1"
         return f"{prefix}{row[0]}"
 
+    # -- gists --------------------------------------------------------------------------------
+
     def add_gist(self, gist: Gist) -> Gist:
         if gist.id is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"gist already has id {gist.id}; the store assigns ids, pass a gist with id=None"
             )
-        gid = self.next_id("g")
+        gid = self._next_id("g")
         stored = gist.model_copy(update={"id": gid})
-        self.conn.execute(
+        self._conn.execute(
             "INSERT INTO gists(seq, id, kind, status, data, dedupe_key) VALUES (?, ?, ?, ?, ?, ?)",
             (int(gid[1:]), gid, stored.kind.value, stored.status.value, stored.model_dump_json(),
              dedupe_key(stored.kind, stored.text)),
@@ -124,19 +166,19 @@ class Tx:
         return stored
 
     def get_gist(self, gist_id: str) -> Gist:
-        row = self.conn.execute("SELECT data FROM gists WHERE id = ?", (gist_id,)).fetchone()
+        row = self._conn.execute("SELECT data FROM gists WHERE id = ?", (gist_id,)).fetchone()
         if row is None:
             raise NotFound(f"no gist {gist_id!r} in this run; gist ids look like 'g1', 'g2'")
         return Gist.model_validate_json(row[0])
 
     def update_gist(self, gist_id: str, **changes: Any) -> Gist:
         if "id" in changes:
-            raise ValueError("a gist's id never changes")
+            raise ConfigError("a gist's id never changes")
         current = self.get_gist(gist_id)
         merged = current.model_dump()
         merged.update(changes)
         updated = Gist.model_validate(merged)  # re-validates the whole gist
-        self.conn.execute(
+        self._conn.execute(
             "UPDATE gists SET kind = ?, status = ?, data = ?, dedupe_key = ? WHERE id = ?",
             (updated.kind.value, updated.status.value, updated.model_dump_json(),
              dedupe_key(updated.kind, updated.text), gist_id),
@@ -144,10 +186,7 @@ class Tx:
         return updated
 
     def list_gists(
-        self,
-        status: GistStatus | str | Iterable[GistStatus | str] | None = None,
-        kinds: GistKind | str | Iterable[GistKind | str] | None = None,
-        dedupe_key: str | None = None,
+        self, status: StatusFilter = None, kinds: KindFilter = None, dedupe_key: str | None = None
     ) -> list[Gist]:
         sql = "SELECT data FROM gists"
         where: list[str] = []
@@ -166,17 +205,134 @@ class Tx:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq"
-        return [Gist.model_validate_json(r[0]) for r in self.conn.execute(sql, args)]
+        return [Gist.model_validate_json(r[0]) for r in self._conn.execute(sql, args)]
 
+    # -- tasks --------------------------------------------------------------------------------
 
-def _as_list(value: Any) -> list[Any]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        return [value]
-    return list(value)
+    def add_task(
+        self, goal: str, deps: Sequence[str], max_attempts: int, created_by: str | None, now: float
+    ) -> Task:
+        task_id = self._next_id("t")
+        row = self._conn.execute(
+            "INSERT INTO tasks(seq, id, goal, deps, state, max_attempts, created_by, created_at, "
+            f"updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?) RETURNING {_TASK_SELECT}",
+            (int(task_id[1:]), task_id, goal, json.dumps(list(deps)), max_attempts, created_by,
+             now, now),
+        ).fetchone()
+        return _task_from_row(row)
+
+    def get_task(self, task_id: str) -> Task:
+        row = self._conn.execute(
+            f"SELECT {_TASK_SELECT} FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no task {task_id!r} in this run; task ids look like 't1', 't2'")
+        return _task_from_row(row)
+
+    def list_tasks(
+        self,
+        states: Iterable[TaskState] | None = None,
+        ids: Iterable[str] | None = None,
+        lease_expires_by: float | None = None,
+    ) -> list[Task]:
+        where: list[str] = []
+        args: list[Any] = []
+        if states is not None:
+            values = [TaskState(s).value for s in _as_list(states)]
+            if not values:
+                return []
+            where.append(f"state IN ({','.join('?' * len(values))})")
+            args += values
+        if ids is not None:
+            wanted = [str(i) for i in _as_list(ids)]
+            if not wanted:
+                return []
+            where.append("id IN (SELECT value FROM json_each(?))")  # any number of ids
+            args.append(json.dumps(wanted))
+        if lease_expires_by is not None:
+            where.append("lease_expires <= ?")
+            args.append(lease_expires_by)
+        sql = f"SELECT {_TASK_SELECT} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [_task_from_row(r) for r in self._conn.execute(sql + " ORDER BY seq", args)]
+
+    def task_counts(self) -> dict[TaskState, int]:
+        counts = {state: 0 for state in TaskState}
+        for state, n in self._conn.execute("SELECT state, count(*) FROM tasks GROUP BY state"):
+            counts[TaskState(state)] = n
+        return counts
+
+    def claim_ready_task(self, holder: str, lease_expires: float, now: float) -> Task | None:
+        row = self._conn.execute(
+            "UPDATE tasks SET state = 'claimed', lease_holder = ?, lease_expires = ?, "
+            "attempts = attempts + 1, updated_at = ? "
+            "WHERE seq = (SELECT seq FROM tasks WHERE state = 'ready' ORDER BY seq LIMIT 1) "
+            f"RETURNING {_TASK_SELECT}",
+            (holder, lease_expires, now),
+        ).fetchone()
+        return None if row is None else _task_from_row(row)
+
+    def update_task(
+        self,
+        task_id: str,
+        *,
+        if_state: TaskState | None = None,
+        if_holder: str | None = None,
+        **changes: Any,
+    ) -> Task | None:
+        unknown = sorted(set(changes) - TASK_UPDATABLE_FIELDS)
+        if unknown or not changes:
+            raise ConfigError(
+                f"update_task changes {', '.join(sorted(TASK_UPDATABLE_FIELDS))}; "
+                f"got {', '.join(unknown) or 'nothing'}"
+            )
+        sets: list[str] = []
+        args: list[Any] = []
+        for name, value in changes.items():
+            if name in _TASK_JSON_COLUMNS:
+                value = json.dumps(list(value))
+            elif name == "state":
+                value = TaskState(value).value
+            sets.append(f"{name} = ?")
+            args.append(value)
+        where = ["id = ?"]
+        args.append(task_id)
+        if if_state is not None:
+            where.append("state = ?")
+            args.append(TaskState(if_state).value)
+        if if_holder is not None:
+            where.append("lease_holder = ?")
+            args.append(if_holder)
+        row = self._conn.execute(
+            f"UPDATE tasks SET {', '.join(sets)} WHERE {' AND '.join(where)} RETURNING {_TASK_SELECT}",
+            args,
+        ).fetchone()
+        if row is None:
+            self.get_task(task_id)  # an unknown id is NotFound, not a failed condition
+            return None
+        return _task_from_row(row)
+
+    # -- counters -----------------------------------------------------------------------------
+
+    def add_to_counter(self, name: str, delta: int = 1) -> int:
+        _check_counter(name, delta)
+        row = self._conn.execute(
+            "INSERT INTO run_counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value RETURNING value",
+            (name, delta),
+        ).fetchone()
+        return int(row[0])
+
+    def counter(self, name: str) -> int:
+        _check_counter(name)
+        row = self._conn.execute("SELECT value FROM run_counters WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
 
 
 class RunStore:
-    """One run's SQLite (WAL) file: meta, gists and tasks. Opening an existing file resumes it.
+    """One run's SQLite (WAL) file: meta, gists, tasks, counters and the classification log.
+    Opening an existing file resumes it (an older schema is migrated first).
 
     Safe to share between threads and asyncio tasks of one process, and to open from several
     processes at once (each opens its own `RunStore(path)`).
@@ -185,9 +341,6 @@ class RunStore:
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
-        # Test hook: called inside every transaction just before COMMIT. Raising from it
-        # rolls the whole transaction back (used to prove nothing is half-written).
-        self.before_commit: Callable[[], None] | None = None
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
@@ -233,6 +386,12 @@ class RunStore:
             self._conn, self._pid = conn, pid
         return self._conn
 
+    def _check_owner(self) -> None:
+        if _current_task() is not self._owner_task:
+            raise RunStateError(
+                "a store transaction was left open across an await; transactions must be synchronous"
+            )
+
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """A write transaction (BEGIN IMMEDIATE). Re-entrant within one thread.
@@ -242,13 +401,8 @@ class RunStore:
         waited_from = time.perf_counter()
         with self._lock:
             conn = self._connection()
-            task = _current_task()
             if self._depth > 0:
-                if task is not self._owner_task:
-                    raise RuntimeError(
-                        "a store transaction was left open across an await; "
-                        "transactions must be synchronous"
-                    )
+                self._check_owner()
                 self._depth += 1
                 try:
                     yield Tx(conn)
@@ -263,11 +417,9 @@ class RunStore:
                     f"({exc}); another process holds it too long"
                 ) from exc
             self.stats["lock_wait_s"] += time.perf_counter() - waited_from
-            self._depth, self._owner_task = 1, task
+            self._depth, self._owner_task = 1, _current_task()
             try:
                 yield Tx(conn)
-                if self.before_commit is not None:
-                    self.before_commit()
                 conn.execute("COMMIT")
                 self.stats["commits"] += 1
             except BaseException:
@@ -284,11 +436,7 @@ class RunStore:
         with self._lock:
             conn = self._connection()
             if self._depth > 0:  # inside a write transaction: read through it
-                if _current_task() is not self._owner_task:
-                    raise RuntimeError(
-                        "a store transaction was left open across an await; "
-                        "transactions must be synchronous"
-                    )
+                self._check_owner()
                 yield Tx(conn)
                 return
             conn.execute("BEGIN")
@@ -299,7 +447,8 @@ class RunStore:
 
     def _init_schema(self) -> None:
         with self.transaction() as tx:
-            version = tx.conn.execute("PRAGMA user_version").fetchone()[0]
+            conn = tx._conn
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"{self.path} has store schema v{version}; this delm-rlm reads up to "
@@ -308,38 +457,22 @@ class RunStore:
             if version == 0:
                 foreign = [
                     r[0]
-                    for r in tx.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
-                    if r[0] not in {"meta", "counters", "gists", "tasks"}
+                    for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                    if r[0] not in _OWN_TABLES
                 ]
                 if foreign:
                     raise StoreError(
                         f"{self.path} is an SQLite file of something else (tables {foreign}); "
                         "give a new path for the run store"
                     )
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        tx.conn.execute(statement)
-                tx.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                self._write_meta(
-                    tx, {"schema_version": SCHEMA_VERSION, "created_at": utc_now_iso()}
-                )
-            elif version == 1:
-                self._migrate_v1(tx)
-
-    @staticmethod
-    def _migrate_v1(tx: Tx) -> None:
-        """v1 -> v2: add and fill the indexed duplicate key, so runs stored by an older
-        delm-rlm resume with every gist findable as a duplicate."""
-        tx.conn.execute("ALTER TABLE gists ADD COLUMN dedupe_key TEXT NOT NULL DEFAULT ''")
-        rows = tx.conn.execute("SELECT id, data FROM gists").fetchall()
-        for gist_id, data in rows:
-            gist = Gist.model_validate_json(data)
-            tx.conn.execute(
-                "UPDATE gists SET dedupe_key = ? WHERE id = ?", (dedupe_key(gist.kind, gist.text), gist_id)
-            )
-        tx.conn.execute("CREATE INDEX IF NOT EXISTS gists_dedupe ON gists(status, dedupe_key)")
-        tx.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        RunStore._write_meta(tx, {"schema_version": SCHEMA_VERSION})
+                _run_script(conn, _SCHEMA)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                _write_meta(conn, {"schema_version": SCHEMA_VERSION, "created_at": utc_now_iso()})
+            elif version < SCHEMA_VERSION:
+                for step in range(version, SCHEMA_VERSION):
+                    _MIGRATIONS[step](conn)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                _write_meta(conn, {"schema_version": SCHEMA_VERSION})
 
     def close(self) -> None:
         with self._lock:
@@ -355,45 +488,36 @@ class RunStore:
 
     # -- meta --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _write_meta(tx: Tx, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            tx.conn.execute(
-                "INSERT INTO meta(key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, json.dumps(value, allow_nan=False)),
-            )
-
     def meta(self) -> RunMeta:
         with self.reading() as tx:
-            rows = tx.conn.execute("SELECT key, value FROM meta").fetchall()
+            rows = tx._conn.execute("SELECT key, value FROM meta").fetchall()
         return RunMeta.model_validate({k: json.loads(v) for k, v in rows})
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         with self.reading() as tx:
-            row = tx.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = tx._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
     def set_meta(self, **values: Any) -> RunMeta:
         """Set meta keys (question, method, config, status, answer, finished_at, or any
         JSON-serializable extra key). Known keys are type-checked."""
         if "schema_version" in values:
-            raise ValueError("schema_version is written by the store itself")
+            raise ConfigError("schema_version is written by the store itself")
         with self.transaction() as tx:
-            rows = tx.conn.execute("SELECT key, value FROM meta").fetchall()
+            rows = tx._conn.execute("SELECT key, value FROM meta").fetchall()
             current = {k: json.loads(v) for k, v in rows}
             try:
                 meta = RunMeta.model_validate({**current, **values})
             except ValidationError as exc:
-                raise ValueError(f"bad run meta value: {exc}") from exc
+                raise ConfigError(f"bad run meta value: {exc}") from exc
             try:
                 dumped = meta.model_dump(mode="json")
-                self._write_meta(tx, {k: dumped[k] for k in values})
+                _write_meta(tx._conn, {k: dumped[k] for k in values})
             except (TypeError, ValueError) as exc:
-                raise ValueError(f"run meta values must be JSON-serializable: {exc}") from exc
+                raise ConfigError(f"run meta values must be JSON-serializable: {exc}") from exc
         return meta
 
-    # -- gists ---------------------------------------------------------------------------------
+    # -- gists and counters, each in its own transaction -------------------------------------
 
     def add_gist(self, gist: Gist) -> Gist:
         """Insert a gist; returns it with its new id ('g1', 'g2', ...)."""
@@ -410,15 +534,139 @@ class RunStore:
             return tx.update_gist(gist_id, **changes)
 
     def list_gists(
-        self,
-        status: GistStatus | str | Iterable[GistStatus | str] | None = None,
-        kinds: GistKind | str | Iterable[GistKind | str] | None = None,
-        dedupe_key: str | None = None,
+        self, status: StatusFilter = None, kinds: KindFilter = None, dedupe_key: str | None = None
     ) -> list[Gist]:
         """Gists in id order, optionally filtered by status(es), kind(s) and duplicate key
         (`delm_rlm.gists.dedupe_key`)."""
         with self.reading() as tx:
             return tx.list_gists(status, kinds, dedupe_key)
+
+    def add_to_counter(self, name: str, delta: int = 1) -> int:
+        """Add `delta` to the run counter `name` (atomically); returns its new value."""
+        with self.transaction() as tx:
+            return tx.add_to_counter(name, delta)
+
+    def counter(self, name: str) -> int:
+        """The run counter's value (0 when never added to)."""
+        with self.reading() as tx:
+            return tx.counter(name)
+
+    # -- the classification log ----------------------------------------------------------------
+
+    def append_classification(self, record: ClassificationRecord) -> None:
+        with self.transaction() as tx:
+            tx._conn.execute(
+                "INSERT INTO classifications(key, labels, instruction, result) VALUES (?, ?, ?, ?)",
+                (record.key, json.dumps(record.labels, ensure_ascii=False), record.instruction,
+                 json.dumps(record.result, ensure_ascii=False)),
+            )
+
+    def classifications(self) -> list[ClassificationRecord]:
+        with self.reading() as tx:
+            rows = tx._conn.execute(
+                "SELECT key, labels, instruction, result FROM classifications ORDER BY seq"
+            ).fetchall()
+        return [
+            ClassificationRecord(key=k, labels=json.loads(labels), instruction=text, result=json.loads(result))
+            for k, labels, text, result in rows
+        ]
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def snapshot(self) -> StoreSnapshot:
+        with self.reading() as tx:
+            return _snapshot_of(tx._conn)
+
+
+def read_snapshot(path: str | Path) -> StoreSnapshot:
+    """What the run file at `path` holds, read in SQLite's read-only mode (so a report never
+    changes the run it describes, and a file of an older schema is read as it is)."""
+    uri = f"file:{Path(path).resolve()}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as exc:
+        raise RunNotFound(f"{path}: cannot open the run store read-only: {exc}") from exc
+    try:
+        return _snapshot_of(conn)
+    except sqlite3.DatabaseError as exc:
+        raise RunNotFound(f"{path}: not a delm-rlm run store ({exc})") from exc
+    finally:
+        conn.close()
+
+
+def _snapshot_of(conn: sqlite3.Connection) -> StoreSnapshot:
+    # Tolerant by design: missing tables read as empty, text that is not JSON stays text.
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    snap = StoreSnapshot()
+    if "meta" in tables:
+        snap.meta = {k: _loose_json(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    if "gists" in tables:
+        snap.gists = [_loose_json(r[0]) for r in conn.execute("SELECT data FROM gists ORDER BY seq")]
+    if "tasks" in tables:
+        cursor = conn.execute("SELECT * FROM tasks ORDER BY seq")
+        columns = [c[0] for c in cursor.description]
+        for row in cursor:
+            task = dict(zip(columns, row))
+            task.pop("seq", None)
+            for key in _TASK_JSON_COLUMNS:
+                if isinstance(task.get(key), str):
+                    task[key] = _loose_json(task[key])
+            snap.tasks.append(task)
+    return snap
+
+
+def _loose_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    # Statement by statement: executescript() would COMMIT the open transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _write_meta(conn: sqlite3.Connection, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value, allow_nan=False)),
+        )
+
+
+def _migrate_v1_to_v2(conn: sqlite3.Connection) -> None:
+    """Add and fill the indexed duplicate key, so runs stored by an older delm-rlm resume
+    with every gist findable as a duplicate."""
+    conn.execute("ALTER TABLE gists ADD COLUMN dedupe_key TEXT NOT NULL DEFAULT ''")
+    for gist_id, data in conn.execute("SELECT id, data FROM gists").fetchall():
+        gist = Gist.model_validate_json(data)
+        conn.execute(
+            "UPDATE gists SET dedupe_key = ? WHERE id = ?", (dedupe_key(gist.kind, gist.text), gist_id)
+        )
+    conn.execute("CREATE INDEX IF NOT EXISTS gists_dedupe ON gists(status, dedupe_key)")
+
+
+def _migrate_v2_to_v3(conn: sqlite3.Connection) -> None:
+    """Add the run counters and the classification log. A v2 run kept its round and
+    added-task counts in meta: they become counters, so a resumed run counts on."""
+    _run_script(conn, _V3_TABLES)
+    marks = ",".join("?" * len(_V2_META_COUNTERS))
+    rows = conn.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", _V2_META_COUNTERS)
+    for key, value in rows.fetchall():
+        number = _loose_json(value)
+        if isinstance(number, int) and not isinstance(number, bool):
+            conn.execute("INSERT OR IGNORE INTO run_counters(name, value) VALUES (?, ?)", (key, number))
+
+
+# From version n to n + 1, run in order inside the opening transaction.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_v1_to_v2,
+    2: _migrate_v2_to_v3,
+}
 
 
 def _current_task() -> object | None:

@@ -748,7 +748,7 @@ class Verifier:
             if existing is not None:
                 # The same dead end again: count it on the existing FAILURE gist.
                 self.context.reject(pending.id, rej.reason)
-                self.context.store.update_gist(existing.id, support=existing.support + 1)
+                self.context.add_support(existing.id)
                 failure_id = existing.id
             else:
                 _, recorded = self.context.reject(pending.id, rej.reason, failure=failure)
