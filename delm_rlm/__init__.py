@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
     "RunStore": "delm_rlm.state.sqlite",
     "TaskQueue": "delm_rlm.state.queue",
     "SharedContext": "delm_rlm.state.context",
-    "Verifier": "delm_rlm.verify.gate",
+    "Verifier": "delm_rlm.verify",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from delm_rlm.state.sqlite import RunStore
     from delm_rlm.team.team import Team
     from delm_rlm.trace import Trace
-    from delm_rlm.verify.gate import Verifier
+    from delm_rlm.verify import Verifier
 
 
 def __getattr__(name: str) -> Any:

@@ -422,6 +422,42 @@ Evidence:
 
 JUDGE_SOURCE = "Source text the claim is about:\n<data>{source}</data>\n"
 
+# --- verifier hints ---
+# (owned by the verify helper: delm_rlm.verify; what a rejection tells the agent to do next)
+
+# A PARTIAL whose value is empty although its chunk has text (delm_rlm.verify.empty_result).
+VERIFY_EMPTY_RESULT = (
+    "the result is empty although the chunk has {lines} non-empty lines: the code matched "
+    "nothing, e.g. a field these lines do not have. Match what the lines contain; if they "
+    "do not state what the question is about (such as a label), label them first and count "
+    "the labels:\n"
+    "```repl\n"
+    "from collections import Counter\n"
+    "{labels_code}"
+    "counts = Counter(labels)\n"
+    "print(dict(counts))\n"
+    'answer["content"] = str(dict(counts))\n'
+    'answer["ready"] = True\n'
+    "```"
+)
+# Without labels named in the question the hint has a placeholder that fails if copied as it
+# is ([...] is not a label), instead of one that runs and counts made-up labels.
+VERIFY_LABELS_PLACEHOLDER = (
+    "LABELS = [...]  # every label the question (or the text) names, written exactly as there\n"
+    "labels = classify(chunk.splitlines(), LABELS)\n"
+)
+VERIFY_ITERATES_CHARACTERS = (
+    "your code loops `for ... in chunk`: chunk is one str, so that loop goes character by "
+    "character and no line ever matches; loop over chunk.splitlines() instead. "
+)
+# Added to a check's NameError; {replayed} lists the replayed host tools, each after ", ".
+VERIFY_FRESH_REPL = (
+    "checks run in a fresh REPL: only context, docs, df, chunk{replayed} exist there; "
+    "recompute everything inside the check"
+)
+
+# --- team prompts, continued ---
+
 DELM_AGENT_SYSTEM = """\
 You are one agent in a team answering a question about a long text. You get one chunk of \
 it. Read the chunk and reply with JSON only, no other text:

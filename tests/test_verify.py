@@ -19,13 +19,9 @@ from delm_rlm.gists import Gist, GistKind, GistStatus, Provenance, QuoteEvidence
 from delm_rlm.llm.scripted import ScriptedLM
 from delm_rlm.state.sqlite import RunStore
 from delm_rlm.trace import Trace
-from delm_rlm.verify.gate import (
-    Verifier,
-    check_quote,
-    compare_printed,
-    neutralize,
-    parse_judge_reply,
-)
+from delm_rlm.errors import ConfigError
+from delm_rlm.values import compare_printed, values_equal
+from delm_rlm.verify import Verifier, check_quote, neutralize, parse_judge_reply
 from sandbox import make_sandbox
 
 DOCS = [
@@ -327,6 +323,61 @@ def test_different_counts_never_match(a: int, b: int) -> None:
     assert compare_printed(a, str(b))[0] is (a == b)
 
 
+def _equal_variant(value):
+    """A value the one rule calls equal to `value` but written differently: ints as floats,
+    strings with extra whitespace, lists as tuples."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, str):
+        return "  " + value.replace(" ", " \t ") + "\n"
+    if isinstance(value, list):
+        return tuple(_equal_variant(item) for item in value)
+    return {key: _equal_variant(item) for key, item in value.items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_values_that_merge_are_values_that_check(value) -> None:
+    """One rule: a value equal to the claim for merges is stated by its printout for checks."""
+    variant = _equal_variant(value)
+    assert values_equal(value, variant) and values_equal(variant, value)
+    assert compare_printed(value, json.dumps(variant) + "\n")[0]
+    assert compare_printed(value, repr(variant))[0]
+
+
+def test_a_string_is_not_a_number_but_a_printout_cannot_tell() -> None:
+    # Two values keep their types: "12" and 12 never merge.
+    assert not values_equal("12", 12) and not values_equal({"a": "2"}, {"a": 2})
+    # A printed 12 may be print(12) or print("12"): either claim is stated by it.
+    assert compare_printed("12", "12")[0] and compare_printed(12, "'12'")[0]
+    assert compare_printed("12", "12.0")[0] and compare_printed(1200, "'1,200'")[0]
+    # Inside a printed dict the quotes show the type, so the rule of values decides.
+    assert not compare_printed({"a": "2"}, "{'a': 2}")[0]
+    assert compare_printed(True, "TRUE")[0] and not compare_printed(True, "1")[0]
+
+
+def test_none_keys_are_one_key_unless_a_dict_has_several() -> None:
+    assert values_equal({"null": 2}, {None: 2}) and values_equal({"None": 2}, {"null": 2})
+    assert not values_equal({"None": 1, "null": 2}, {"None": 1})
+    assert not values_equal({"None": 1, "null": 2}, {"None": 2, "null": 1})
+
+
+def test_a_printed_value_that_is_not_json_is_compared_by_its_repr() -> None:
+    assert compare_printed("x", "{1, 2}") == (False, {1, 2})
+    assert compare_printed("{1, 2}", "{1, 2}")[0]
+
+
+@pytest.mark.parametrize(
+    "setting, bad",
+    [("check_timeout", 0), ("check_timeout", -1.0), ("quote_slack", -1), ("judge_source_chars", 0)],
+)
+def test_unusable_verifier_settings_are_config_errors(tmp_path: Path, setting: str, bad: float) -> None:
+    with pytest.raises(ConfigError, match=setting):
+        _verifier(tmp_path, **{setting: bad})
+
+
 class _BrokenSandbox:
     """A sandbox whose start fails, as when the machine cannot start a kernel."""
 
@@ -349,7 +400,7 @@ async def test_a_broken_verifier_sandbox_rejects_without_blaming_the_claim(tmp_p
 
 
 def test_empty_result_hint_lists_the_questions_labels_or_a_placeholder_that_cannot_run() -> None:
-    from delm_rlm.verify.gate import empty_result_reason, named_labels
+    from delm_rlm.verify import empty_result_reason, named_labels
 
     question = ("In the above data, which of the labels is the most common? Give your final answer in "
                 "the form 'Label: answer' where answer is one of the labels: entity, human being, location.")
@@ -366,7 +417,7 @@ def test_empty_result_hint_lists_the_questions_labels_or_a_placeholder_that_cann
 
 
 def test_empty_result_hint_names_a_loop_over_the_chunks_characters() -> None:
-    from delm_rlm.verify.gate import empty_result_reason
+    from delm_rlm.verify import empty_result_reason
 
     # The check a 1.5B agent wrote in the issue-4 benchmark: `chunk` is a str.
     by_character = 'counts = Counter(l.split("Label: ")[-1] for line in chunk if "Label: " in line)'

@@ -32,6 +32,7 @@ from delm_rlm.gists import (
 )
 from delm_rlm.errors import ConfigError
 from delm_rlm.state.protocol import RunState
+from delm_rlm.values import values_equal
 
 NEAR_DUPLICATE_JACCARD = 0.9
 _LEVELS = {0: "text", 1: "summary", 2: "raw evidence"}
@@ -40,19 +41,6 @@ _LEVELS = {0: "text", 1: "summary", 2: "raw evidence"}
 def estimate_tokens(text: str) -> int:
     """ceil(chars / 4): the prompt view's token estimate."""
     return math.ceil(len(text) / 4)
-
-
-def values_equal(a: Any, b: Any, tolerance: float = 0.0) -> bool:
-    """JSON values equal; numbers within `tolerance` (absolute). Bools are not numbers."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b if isinstance(a, bool) and isinstance(b, bool) else False
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return abs(a - b) <= tolerance
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(values_equal(x, y, tolerance) for x, y in zip(a, b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(values_equal(a[k], b[k], tolerance) for k in a)
-    return a == b
 
 
 def _normalize_ws(text: str) -> str:

@@ -54,7 +54,7 @@ from delm_rlm.result import Result
 from delm_rlm.rlm import RLM, Cell
 from delm_rlm.state.sqlite import RunStore, utc_now_iso
 from delm_rlm.trace import Trace, observe_model_calls
-from delm_rlm.verify.gate import Verdict, Verifier, named_labels
+from delm_rlm.verify import Verdict, Verifier, named_labels
 
 TeamMode = Literal["hybrid", "delm"]
 PlanMode = Literal["split", "model"]

@@ -1,0 +1,65 @@
+"""The empty-result stage: a PARTIAL whose value is empty ({}, [], "") about a chunk that
+has text is sent back once, with a hint that shows how to label and count the lines.
+
+A self-consistent check of an empty count proves only that the code matched nothing
+(typically a field the lines do not have), so passing the check would admit nothing true.
+The team asks for this stage on a task's first attempt only, so a truly empty chunk still
+gets in on the retry."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from delm_rlm import prompts
+from delm_rlm.gists import Gist, GistKind
+from delm_rlm.verify.verdict import Rejection
+
+# `for line in chunk` walks a str character by character, so no "line" holds a field: the
+# most common cause of an empty count we saw from small models (benchmark, issue 4).
+_ITERATES_CHARACTERS = re.compile(r"\bfor\s+\w+\s+in\s+chunk\b(?!\s*[.\[(])")
+_LABEL_LIST = re.compile(
+    r"one of (?:the |\d+ )?(?:labels|categories|classes)\s*:\s*([^\n]+)", re.IGNORECASE
+)
+
+
+def is_empty_value(value: Any) -> bool:
+    """An empty dict, list, tuple, or a str of only whitespace (not None, not 0)."""
+    if isinstance(value, str):
+        return not value.strip()
+    return isinstance(value, (dict, list, tuple)) and not value
+
+
+def empty_result_reason(lines: int, labels: Sequence[str] = (), check: str | None = None) -> str:
+    """Why an empty partial is sent back, with a classify example over `labels` (the ones
+    the question lists) or, when it lists none, over a placeholder to fill in. A `check`
+    that loops over the chunk's characters is told so first."""
+    code = (
+        f"labels = classify(chunk.splitlines(), {json.dumps(list(labels), ensure_ascii=False)})\n"
+        if len(labels) >= 2 else prompts.VERIFY_LABELS_PLACEHOLDER
+    )
+    cause = prompts.VERIFY_ITERATES_CHARACTERS if check and _ITERATES_CHARACTERS.search(check) else ""
+    return cause + prompts.VERIFY_EMPTY_RESULT.format(lines=lines, labels_code=code)
+
+
+def named_labels(text: str) -> list[str]:
+    """The labels a text lists ("... where answer is one of the labels: a, b, c." or "one of
+    6 categories: 'a', 'b', ..."), in its order; [] when it lists fewer than two."""
+    found = _LABEL_LIST.search(text)
+    if not found:
+        return []
+    items = [item.strip().rstrip(".").strip().strip("'\"").strip() for item in found.group(1).split(",")]
+    items = list(dict.fromkeys(item for item in items if item))
+    return items if len(items) >= 2 else []
+
+
+def check_empty_result(gist: Gist, source: str | None, labels: Sequence[str]) -> None:
+    """Raise a `Rejection` (recorded as a FAILURE gist, so no agent repeats it) when `gist`
+    is a PARTIAL with an empty value about a `source` that has non-empty lines."""
+    if gist.kind != GistKind.PARTIAL or not is_empty_value(gist.value) or not source:
+        return
+    lines = sum(1 for line in source.splitlines() if line.strip())
+    if lines:
+        raise Rejection("empty", empty_result_reason(lines, labels, gist.check))
