@@ -85,6 +85,9 @@ def guarantees(mode: str) -> frozenset[str]:
     """What ``mode`` isolates on this machine (names of ``PROPERTIES``)."""
     mode = ALIASES.get(mode, mode)
     if mode == "bubblewrap":
+        bw = bubblewrap()
+        if (bw is None or not bw.rootful) and not _nproc_counts_per_user_namespace():
+            return frozenset(PROPERTIES) - {"process_cap"}  # the count would be all the user's processes
         return frozenset(PROPERTIES)
     if mode == "unshare":
         held = {"no_network", "hidden_processes", "processes_die", "no_userns"}

@@ -254,6 +254,11 @@ class KernelSandbox(Sandbox):
             await self._backend_close()
             raise
 
+    @property
+    def connection_file(self) -> Path | None:
+        """The kernel's connection file (its ports and message key) while it runs."""
+        return Path(self._km.connection_file) if self._km is not None else None
+
     def _hand_over(self, private: Path) -> None:
         """Give the kernel's uid what it must write (its directories) and read (its connection file)."""
         assert self.uid is not None

@@ -167,10 +167,9 @@ async def test_run_dir_caches_and_model_files_are_out_of_reach(box: KernelSandbo
 @pytest.mark.parametrize("box", holding("hidden_files"), indirect=True)
 async def test_another_kernels_connection_file_and_sockets_are_out_of_reach(box: KernelSandbox) -> None:
     async with KernelSandbox(isolation=box.isolation, timeout=30) as other:  # e.g. the verifier's kernel
-        assert other._km is not None and other.private_dir is not None
-        connection_file = other._km.connection_file
-        assert json.loads(Path(connection_file).read_text())["key"]
-        result = await box.execute(_PROBE.format(paths=[connection_file, str(other.private_dir / "bridge.sock"),
+        assert other.connection_file is not None and other.private_dir is not None
+        assert json.loads(other.connection_file.read_text())["key"]
+        result = await box.execute(_PROBE.format(paths=[str(other.connection_file), str(other.private_dir / "bridge.sock"),
                                                         str(other.workspace / "note.txt")]))
         assert result.ok, result
         assert json.loads(result.stdout) == []
@@ -447,7 +446,7 @@ async def main():
     sb = KernelSandbox(isolation=sys.argv[1], timeout=30)
     await sb.start()
     await sb.execute("x = 1")
-    print(sb._km.connection_file, flush=True)
+    print(sb.connection_file, flush=True)
     time.sleep(120)  # the test kills this process with SIGKILL
 
 asyncio.run(main())
