@@ -161,3 +161,26 @@ async def test_close_removes_private_dir_and_own_workspace() -> None:
     assert private is not None and private.is_dir() and workspace.is_dir()
     await box.close()
     assert not private.exists() and not workspace.exists()
+
+
+async def test_auto_runs_bubblewrap_and_says_so(sb: KernelSandbox) -> None:
+    from sandbox import isolation as iso
+
+    assert "bubblewrap" in iso.available()  # otherwise auto refuses and the fixture cannot start
+    assert sb.isolation == "bubblewrap"
+    result = await sb.execute(f"import os; print(os.path.exists({str(Path.cwd())!r}), os.getuid() == 0)")
+    assert result.stdout == "False False\n", result  # the checkout it was started from is not there
+
+
+async def test_limits_default_to_caps_and_bad_ones_are_refused() -> None:
+    from delm_rlm.errors import ConfigError
+
+    box = KernelSandbox()
+    assert (box.memory_limit, box.max_processes, box.disk_limit, box.tmp_limit) == (2 * 1024**3, 64, 1024**3,
+                                                                                    256 * 1024**2)
+    assert box.isolation == "auto" and box.uid is None  # the mode and uid in force are known once started
+    for bad in ({"max_processes": 4}, {"disk_limit": 1024}, {"tmp_limit": 10}, {"memory_limit": 10},
+                {"isolation": "chroot"}):
+        with pytest.raises(ConfigError):
+            KernelSandbox(**bad)  # type: ignore[arg-type]
+    assert KernelSandbox(isolation="rlimits").isolation == "rlimits"  # resolved to "none" at start
