@@ -141,7 +141,7 @@ async def run_question(
 
     try:
         if method == "hybrid":
-            from delm_rlm.team.team import Team
+            from delm_rlm.team import Team
 
             team = Team(lm, agents=agents, mode="hybrid", budget=budget, run_dir=run_dir,
                         trace_subscribers=list(subscribers))

@@ -203,7 +203,7 @@ class TeamMethod(Method):
     mode: ClassVar[str]
 
     async def solve(self, task: Task, lm: LM) -> Outcome:
-        from delm_rlm.team.team import Team
+        from delm_rlm.team import Team
 
         kwargs = dict(self.options.team)
         kwargs.setdefault("sandbox", self.options.sandbox)  # delm mode: only the verifier's
@@ -268,7 +268,7 @@ class Orchestrator(Method):
 
     async def solve(self, task: Task, lm: LM) -> Outcome:
         from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, split_corpus
-        from delm_rlm.team.team import TeamConfig
+        from delm_rlm.team import TeamConfig
         from tasks.longbench import truncate_middle
 
         context = task.get_context()
