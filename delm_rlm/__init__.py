@@ -25,7 +25,7 @@ _EXPORTS: dict[str, str] = {
     "ScriptedLM": "delm_rlm.llm.scripted",
     "RLM": "delm_rlm.rlm",
     "Result": "delm_rlm.result",
-    "Team": "delm_rlm.team.team",
+    "Team": "delm_rlm.team",
     "Trace": "delm_rlm.trace",
     "Gist": "delm_rlm.gists",
     "GistKind": "delm_rlm.gists",
@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from delm_rlm.rlm import RLM
     from delm_rlm.llm.scripted import ScriptedLM
     from delm_rlm.state.sqlite import RunStore
-    from delm_rlm.team.team import Team
+    from delm_rlm.team import Team
     from delm_rlm.trace import Trace
     from delm_rlm.verify import Verifier
 

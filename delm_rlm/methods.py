@@ -262,7 +262,7 @@ class TeamMethod(Method):
         run_dir: Path | None = None,
         subscribers: Sequence[TraceSubscriber] = (),
     ) -> MethodRun:
-        from delm_rlm.team.team import Team
+        from delm_rlm.team import Team
 
         kwargs = dict(self.options.team)
         kwargs.setdefault("sandbox", self.options.sandbox)  # delm mode: only the verifier's
@@ -302,7 +302,7 @@ class Orchestrator(_OneShotMethod):
 
     async def complete(self, question: Question, lm: LM) -> tuple[str, dict[str, Any]]:
         from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, split_corpus
-        from delm_rlm.team.team import TeamConfig
+        from delm_rlm.team import TeamConfig
 
         context = question.corpus.text
         text = question.text

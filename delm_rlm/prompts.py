@@ -366,34 +366,6 @@ common: total.most_common()[-1][0]; plain numbers per chunk: total["value"].
 Team question: {question}
 {more}"""
 
-# Defined in the finalizer's REPL (pure Python, so a kernel restart only re-runs it): small
-# models writing this loop themselves trip over a partial whose value is a str.
-ADD_UP_CODE = '''\
-def add_up(parts):
-    """Add up partial values: dicts of counts key by key, plain numbers under "value"."""
-    import ast
-    from collections import Counter
-    total = Counter()
-    for g in parts:
-        value = g.get("value") if isinstance(g, dict) and "id" in g else g
-        if isinstance(value, str):  # "12", "1,200" or "{'spam': 3}"
-            text = value.strip()
-            try:
-                value = ast.literal_eval(text if text[:1] in "{[" else text.replace(",", ""))
-            except (ValueError, SyntaxError):
-                pass
-        if isinstance(value, dict):
-            for key, n in value.items():
-                if isinstance(n, (int, float)) and not isinstance(n, bool):
-                    total[key] += n
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            total["value"] += value
-        else:
-            where = g.get("id", "?") if isinstance(g, dict) else "?"
-            print(f"add_up: skipped {where}: {str(value)[:60]!r} is not a count")
-    return total
-'''
-
 TEAM_FINALIZE_MORE = (
     'If a result you need is missing, call add_task("what to find") and finish with '
     'answer["content"] = "more work".'

@@ -43,13 +43,11 @@ from delm_rlm.codeblocks import close_open_fence, extract_code_blocks, strip_cod
 from delm_rlm.llm import LM, Budget, BudgetExceeded, LMError
 from delm_rlm.result import FinishedBy, Result
 from delm_rlm.trace import Trace, observe_model_calls
-from sandbox import SandboxError
+from sandbox import SandboxError, SandboxSpec, check_sandbox_spec, sandbox_factory
 
 if TYPE_CHECKING:
 
     from sandbox import ExecResult, Sandbox
-
-SandboxSpec = str | Callable[[], "Sandbox"]
 
 # Trace events keep cell output up to this size (the model sees `output_limit`).
 TRACE_OUTPUT_CHARS = 10_000
@@ -188,7 +186,9 @@ class RLM:
     `llm_query` on the prompt plus the text (cut to the sub-model's window). `depth` is
     internal (0 for a run a user starts). `stop_after_block` (default on) ends each reply at
     its first closing fence: one block per step, no imagined output, less generation; turn it
-    off to let strong models write several blocks per reply.
+    off to let strong models write several blocks per reply. `isolation` (auto, bubblewrap,
+    unshare, none) is the local kernel's isolation mode; None means auto, which refuses to run
+    model-written code on a machine without bubblewrap unless "none" is asked for explicitly.
     """
 
     def __init__(
@@ -205,16 +205,11 @@ class RLM:
         stop_after_block: bool = True,
         depth: int = 0,
         classifications: ClassificationLog | None = None,
+        isolation: str | None = None,
     ) -> None:
         if not isinstance(lm, LM):
             raise TypeError(f"lm must be a delm_rlm.LM (or ScriptedLM); got {type(lm).__name__}")
-        if isinstance(sandbox, str):
-            if sandbox not in ("local", "e2b"):
-                raise ValueError(
-                    f"sandbox must be 'local', 'e2b' or a factory returning a Sandbox; got {sandbox!r}"
-                )
-        elif not callable(sandbox):
-            raise TypeError("sandbox must be 'local', 'e2b' or a zero-argument factory")
+        check_sandbox_spec(sandbox)
         for name, value, least in (
             ("max_iterations", max_iterations, 1),
             ("max_consecutive_errors", max_consecutive_errors, 1),
@@ -226,6 +221,7 @@ class RLM:
                 raise ValueError(f"{name} must be an int >= {least}; got {value!r}")
         self.lm = lm
         self.sandbox = sandbox
+        self.isolation = isolation
         self.max_iterations = max_iterations
         self.max_consecutive_errors = max_consecutive_errors
         self.max_depth = max_depth
@@ -562,6 +558,7 @@ class RLM:
                 stop_after_block=self.stop_after_block,
                 depth=self.depth + 1,
                 classifications=self.classifications,
+                isolation=self.isolation,
             )
             # The child's view gets what is left of ours; its usage also counts in ours.
             child_lm = lm.session(lm.remaining())
@@ -608,11 +605,7 @@ class RLM:
     # -- helpers -------------------------------------------------------------------------
 
     def _new_sandbox(self) -> Sandbox:
-        if callable(self.sandbox):
-            return self.sandbox()
-        from sandbox import make_sandbox
-
-        return make_sandbox(self.sandbox)
+        return sandbox_factory(self.sandbox, isolation=self.isolation)()
 
     def _record(self, state: _LoopState, emit: Callable[..., None], iteration: int,
                 code: str, result: ExecResult) -> None:

@@ -38,7 +38,7 @@ from delm_rlm.state.context import SharedContext  # noqa: E402
 from delm_rlm.gists import Gist, Provenance, QuoteEvidence  # noqa: E402
 from delm_rlm.llm.scripted import ScriptedLM  # noqa: E402
 from delm_rlm.state.sqlite import RunStore  # noqa: E402
-from delm_rlm.team.team import Team  # noqa: E402
+from delm_rlm.team import Team  # noqa: E402
 from delm_rlm.verify import Verifier  # noqa: E402
 
 console = Console()

@@ -69,10 +69,13 @@ def make_sandbox(kind: str = "local", **kwargs: Any) -> Sandbox:
     return KernelSandbox(**kwargs)
 
 
-def sandbox_factory(spec: SandboxSpec) -> SandboxFactory:
+def sandbox_factory(spec: SandboxSpec, *, isolation: str | None = None) -> SandboxFactory:
     """A zero-argument callable giving a new, unstarted sandbox per call: the factory itself,
-    or `make_sandbox(kind)` for a kind."""
+    or `make_sandbox(kind)` for a kind. `isolation` (auto, bubblewrap, unshare, none) applies
+    to the local kernel; a factory decides its own."""
     checked = check_sandbox_spec(spec)
     if isinstance(checked, str):
+        if checked == "local" and isolation is not None:
+            return partial(make_sandbox, checked, isolation=isolation)
         return partial(make_sandbox, checked)
     return checked

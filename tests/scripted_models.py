@@ -136,7 +136,7 @@ async def build_run(run_dir):  # type: ignore[no-untyped-def]
     Returns the Result; the run's files are in `run_dir`.
     """
     from delm_rlm.llm.scripted import ScriptedLM
-    from delm_rlm.team.team import Team
+    from delm_rlm.team import Team
 
     team = Team(ScriptedLM(team_counter), agents=2, run_dir=run_dir, judge=False)
     return await team.run(FRUIT_QUESTION, FRUIT_DOCS)

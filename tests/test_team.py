@@ -7,6 +7,8 @@ claims, proposals, verification, finalization, budgets, stored state.
 
 from __future__ import annotations
 
+import ast
+import asyncio
 import json
 import re
 from collections import Counter
@@ -17,7 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from delm_rlm import Budget, RunStore, ScriptedLM, Team, Trace
-from delm_rlm.chunking import split_corpus
+from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, split_corpus
+from delm_rlm.errors import ConfigError, RunStateError
+from delm_rlm.team import TeamConfig
 from delm_rlm.state.queue import TaskQueue, TaskState
 from scripted_models import counts_finalizer
 
@@ -379,6 +383,35 @@ def test_team_rejects_bad_settings() -> None:
         Team(lm, mode="central")
     with pytest.raises(TypeError, match="lm must be"):
         Team("gpt-4o")  # type: ignore[arg-type]
+
+
+def test_team_settings_errors_are_typed_and_say_the_fix() -> None:
+    lm = ScriptedLM([])
+    with pytest.raises(ConfigError, match="give a chunk size"):
+        Team(lm, chunk_chars=None)
+    with pytest.raises(ConfigError, match="bad Team settings"):
+        Team(lm, lease_s=0)
+    with pytest.raises(TypeError, match="chunk_size.*known: agents, mode"):
+        Team(lm, chunk_size=100)
+    with pytest.raises(TypeError, match="zero-argument factory"):
+        Team(lm, sandbox=3)  # type: ignore[arg-type]
+    with pytest.raises(RunStateError, match="inside a running event loop"):
+        async def inside() -> None:
+            Team(lm).run_sync(QUESTION, DOCS)
+        asyncio.run(inside())
+    assert issubclass(ConfigError, ValueError) and issubclass(RunStateError, RuntimeError)
+
+
+def test_team_docstring_documents_every_setting_with_its_default() -> None:
+    """TeamConfig declares the settings once; Team's docstring (IDE help) names each with
+    the same default, and the chunk size default is chunking's."""
+    documented = dict(re.findall(r"^    (\w+) \((.+?)\):", Team.__doc__ or "", re.MULTILINE))
+    assert set(documented) == set(TeamConfig.model_fields)
+    for name, field in TeamConfig.model_fields.items():
+        assert ast.literal_eval(documented[name]) == field.default, name
+    assert TeamConfig().chunk_chars == DEFAULT_CHUNK_CHARS
+    team = Team(ScriptedLM([]), sandbox=lambda: None)  # type: ignore[arg-type, return-value]
+    assert team.config.sandbox == "custom" and team.config == TeamConfig(sandbox="custom")
 
 
 # -- chunking ------------------------------------------------------------------------------

@@ -70,16 +70,23 @@ def _script(sleep: float = 0.0, crash_t2: bool = False):
 async def test_a_dead_agent_s_task_is_finished_by_another_agent(tmp_path: Path) -> None:
     team = Team(ScriptedLM(_script()), agents=2, lease_s=1.0, run_dir=tmp_path)
     killed: list[str] = []
+    cancelled: list[str] = []  # the asyncio task cancelled, by name
 
     def kill_first_claimer_of_t1(event) -> None:
         # The agent dies right after claiming t1: no release, no renewal, its kernel goes.
+        # Subscribers are called synchronously in the emitting code: the claim runs in the
+        # claiming agent's own asyncio task, so the current task is that agent.
         if event.kind == "task_claimed" and event.task == "t1" and not killed:
             killed.append(event.agent)
-            team.workers[event.agent].cancel()
+            agent = asyncio.current_task()
+            if agent is not None:  # (an error here would be swallowed by the trace)
+                cancelled.append(agent.get_name())
+                agent.cancel()
 
     team.trace_subscribers.append(kill_first_claimer_of_t1)
     started = time.monotonic()
     result = await team.run(QUESTION, DOCS)
+    assert cancelled == [f"delm-agent-{killed[0]}"]  # the claimer itself was cancelled
     assert result.status == "answered", result.error
     assert result.answer == str(TRUE_COUNT)
     t1 = TaskQueue(RunStore(result.store_path)).get("t1")

@@ -1,0 +1,129 @@
+"""The run context: what one run of a team holds (TeamRun), and what one agent's REPL tools
+need to know about its current task (AgentState). Every role and every team module works
+on these two; their methods only read or update their own fields (and the added-task count
+in the store)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from delm_rlm.chunking import Chunk
+from delm_rlm.classify import ClassificationLog
+from delm_rlm.corpus import Corpus
+from delm_rlm.errors import BudgetExceeded
+from delm_rlm.gists import Provenance
+from delm_rlm.llm import LM, Usage
+from delm_rlm.rlm import Cell
+from delm_rlm.state.context import SharedContext
+from delm_rlm.state.queue import Task, TaskQueue
+from delm_rlm.state.sqlite import RunStore
+from delm_rlm.team.config import SandboxFactory, TeamConfig
+from delm_rlm.trace import Trace
+from delm_rlm.verify import Verdict, Verifier
+
+# The task id the finalizer's steps and gists are recorded under.
+FINAL_TASK_ID = "final"
+
+
+@dataclass
+class AgentState:
+    """What the REPL tools of one agent need to know about its current task."""
+
+    agent_id: str
+    task: Task | None = None
+    chunk: Chunk | None = None
+    finalizing: bool = False
+    last_round: bool = False
+    verdicts: list[Verdict] = field(default_factory=list)
+    added_tasks: list[str] = field(default_factory=list)
+    read_ids: list[str] = field(default_factory=list)
+    cells: list[Cell] = field(default_factory=list)  # the current task's cells (hybrid)
+
+    def begin_task(self, task: Task, chunk: Chunk | None) -> None:
+        """Forget the previous task's verdicts and cells: `task` starts now."""
+        self.task = task
+        self.chunk = chunk
+        self.verdicts = []
+        self.cells = []
+        self.finalizing = False
+
+    def begin_final_round(self, last: bool) -> None:
+        """The agent finalizes now; `last`: no more tasks may be added."""
+        self.finalizing, self.last_round = True, last
+        self.added_tasks, self.read_ids = [], []
+
+    @property
+    def task_or_final_id(self) -> str:
+        return self.task.id if self.task is not None else FINAL_TASK_ID
+
+    @property
+    def first_attempt(self) -> bool:
+        """An empty partial gets one second look: rejected (with a hint) on the task's first
+        attempt, accepted on a retry, so a chunk that truly holds nothing costs one retry."""
+        return self.task is not None and self.task.attempts <= 1
+
+
+@dataclass
+class TeamRun:
+    """One run: its settings, its state (store, queue, shared context, trace), the verifier,
+    the team's gateway session, and the outcome the agents reach."""
+
+    config: TeamConfig
+    run_dir: Path
+    store: RunStore
+    corpus: Corpus
+    docs: list[str]
+    question: str
+    description: str
+    trace: Trace
+    queue: TaskQueue
+    context: SharedContext
+    verifier: Verifier
+    lm: LM
+    sandbox_factory: SandboxFactory
+    chunks: dict[str, Chunk] = field(default_factory=dict)  # task id -> its slice of the corpus
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    finalize_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    answer: str | None = None
+    answer_gist_ids: list[str] = field(default_factory=list)
+    status: str = "answered"
+    error: str | None = None
+    exceeded: BudgetExceeded | None = None
+    finalize_round: int = 0
+    added_tasks: int = 0
+    agent_errors: list[str] = field(default_factory=list)
+    # Usage of the run's earlier sessions (a resumed run), read back from its trace.
+    prior_usage: Usage = field(default_factory=Usage)
+    prior_usage_by_role: dict[str, Usage] = field(default_factory=dict)
+    # The agents' classify() results, replayed by the verifier when it re-runs their code.
+    classifications: ClassificationLog = field(default_factory=ClassificationLog)
+
+    def chunk_text(self, chunk: Chunk | None) -> str:
+        """A task's slice of the corpus; the whole corpus for a task without one."""
+        if chunk is not None:
+            return chunk.text(self.docs)
+        return self.corpus.value if isinstance(self.corpus.value, str) else "\n\n".join(self.docs)
+
+    def chunk_desc(self, chunk: Chunk | None) -> str:
+        if chunk is None:
+            return "the whole corpus (chunk == context)"
+        return chunk.describe(len(self.chunks) or 1)
+
+    def provenance(self, state: AgentState) -> Provenance:
+        return Provenance(
+            task_id=state.task_or_final_id,
+            agent_id=state.agent_id,
+            model=self.lm.model_for("finalizer" if state.finalizing else "root"),
+        )
+
+    def count_added_tasks(self, n: int) -> None:
+        """Count `n` tasks the agents added (a store counter: a resume, or another process
+        on the same run, goes on from the stored count)."""
+        self.added_tasks = self.store.add_to_counter("added_tasks", n)
+
+    def partial_answer(self) -> str | None:
+        """The best answer a run that stopped early has: what is verified so far."""
+        view = self.context.prompt_view(2000)
+        return None if view.startswith("(no verified") else f"Verified so far:\n{view}"

@@ -1,0 +1,149 @@
+"""The run directory: its file names, where new ones go, the corpus kept for a resume, the
+pid lock, and the usage of earlier sessions read back from the trace.
+
+    <runs dir>/<run id>/
+        store.sqlite                 gists, tasks, meta (`RunStore`)
+        trace.jsonl                  the event stream (`Trace`)
+        corpus.json [corpus.parquet] the context, so the run can be resumed
+        run.pid                      which process is working on it
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from delm_rlm.corpus import Corpus
+from delm_rlm.errors import RunStateError
+from delm_rlm.llm import Usage
+from delm_rlm.state.sqlite import RunStore
+from delm_rlm.trace import TraceEvent
+
+STORE_FILE = "store.sqlite"
+TRACE_FILE = "trace.jsonl"
+PID_FILE = "run.pid"
+CORPUS_FILE = "corpus.json"
+CORPUS_TABLE_FILE = "corpus.parquet"  # a table corpus's rows, beside CORPUS_FILE
+
+
+def default_runs_dir() -> Path:
+    """$DELM_RLM_RUNS_DIR, else <cache dir>/runs ($DELM_RLM_CACHE_DIR or ~/.cache/delm-rlm)."""
+    if os.environ.get("DELM_RLM_RUNS_DIR"):
+        return Path(os.environ["DELM_RLM_RUNS_DIR"]).expanduser()
+    base = os.environ.get("DELM_RLM_CACHE_DIR") or "~/.cache/delm-rlm"
+    return Path(base).expanduser() / "runs"
+
+
+def new_run_id() -> str:
+    """A fresh run directory name: UTC time, pid and a random suffix."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def stored_question(store_path: Path) -> str | None:
+    """The question of the run a store holds, None when it holds no started run."""
+    with RunStore(store_path) as store:
+        return store.meta().question
+
+
+# -- the pid lock --------------------------------------------------------------------------
+
+
+def check_not_running(run_dir: Path) -> None:
+    """Raise RunStateError when another live process is working on `run_dir`."""
+    pid_file = run_dir / PID_FILE
+    if not pid_file.exists():
+        return
+    try:
+        pid = int(pid_file.read_text().strip())
+    except ValueError:
+        return
+    if pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    raise RunStateError(
+        f"process {pid} is still working on {run_dir}; stop it first (or delete {pid_file} "
+        "if you are sure it is not a delm-rlm run)"
+    )
+
+
+@contextmanager
+def holding_run(run_dir: Path) -> Iterator[None]:
+    """Mark `run_dir` as worked on by this process for the duration of the block."""
+    pid_file = run_dir / PID_FILE
+    pid_file.write_text(str(os.getpid()))
+    try:
+        yield
+    finally:
+        try:
+            pid_file.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# -- the corpus ----------------------------------------------------------------------------
+
+
+def save_corpus(run_dir: Path, corpus: Corpus) -> None:
+    """Keep the context beside the store: a resumed run must see the very same corpus."""
+    if corpus.kind == "table":
+        corpus.value.to_parquet(run_dir / CORPUS_TABLE_FILE, index=False)  # type: ignore[union-attr]
+        meta = {"kind": "table", "names": corpus.names, "source": corpus.source}
+    else:
+        meta = {"kind": corpus.kind, "value": corpus.value, "names": corpus.names, "source": corpus.source}
+    tmp = run_dir / (CORPUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta), encoding="utf-8")
+    tmp.replace(run_dir / CORPUS_FILE)
+
+
+def load_corpus(run_dir: Path) -> Corpus:
+    """The corpus `save_corpus` kept in `run_dir`."""
+    path = run_dir / CORPUS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: this run directory cannot be resumed without its corpus")
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    if meta["kind"] == "table":
+        value: Any = pd.read_parquet(run_dir / CORPUS_TABLE_FILE)
+    else:
+        value = meta["value"]
+    return Corpus(value, names=meta.get("names"), source=meta.get("source"))
+
+
+# -- earlier sessions ----------------------------------------------------------------------
+
+
+def usage_from_trace(events: Sequence[TraceEvent]) -> tuple[Usage, dict[str, Usage]]:
+    """What the model calls recorded in trace events used, in all and by role: how a resumed
+    run counts the sessions before it (the trace is flushed per event, so even a killed
+    session's calls are there)."""
+    total = Usage()
+    by_role: dict[str, Usage] = {}
+    for event in events:
+        d = event.data
+        if event.kind == "model_call":
+            cost = d.get("cost_usd")
+            used = Usage(
+                calls=1, cached_calls=int(bool(d.get("cached"))),
+                input_tokens=int(d.get("input_tokens") or 0), output_tokens=int(d.get("output_tokens") or 0),
+                seconds=float(d.get("seconds") or 0.0), cost_usd=None if cost is None else float(cost),
+            )
+        elif event.kind == "model_call_failed":
+            used = Usage(failed_calls=1)
+        else:
+            continue
+        role = str(d.get("role") or "?")
+        total = total + used
+        by_role[role] = by_role.get(role, Usage()) + used
+    return total, by_role

@@ -1,0 +1,142 @@
+"""The team's REPL tools (`gists`, `unfold`, `propose`, `add_task`) and how an agent's
+proposal becomes a gist: partial texts tagged with their task, bare quotes located in the
+corpus."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from delm_rlm.chunking import Chunk
+from delm_rlm.errors import ConfigError, RunStateError
+from delm_rlm.gists import Gist
+from delm_rlm.team.replies import validation_message
+from delm_rlm.team.run import AgentState, TeamRun
+from sandbox import Sandbox
+
+
+def register_team_tools(sb: Sandbox, run: TeamRun, state: AgentState) -> None:
+    """Offer the team's tools in `sb`, bound to `run` and to the agent whose state is `state`."""
+
+    def gists(kind: str | None = None) -> list[dict[str, Any]]:
+        try:
+            found = run.context.admitted(kinds=kind)
+        except ValidationError as exc:
+            raise ConfigError(
+                f"unknown kind {kind!r}: use partial, fact, failure, constraint, evidence or question"
+            ) from exc
+        state.read_ids.extend(g.id for g in found if g.id)
+        return [
+            {"id": g.id, "kind": g.kind.value, "text": g.text, "value": g.value, "support": g.support}
+            for g in found
+        ]
+
+    def unfold(id: str, level: int = 1) -> str:  # noqa: A002 - the REPL name agents use
+        state.read_ids.append(str(id))
+        return run.context.unfold(str(id), int(level))
+
+    async def propose(
+        kind: str, text: str, value: Any = None, check: str | None = None,
+        evidence: Any = None, summary: str | None = None, tolerance: float = 0.0,
+    ) -> dict[str, Any]:
+        if state.task is None and not state.finalizing:
+            return {"status": "rejected", "reason": "no task is claimed: nothing to propose for"}
+        try:
+            gist = Gist(
+                kind=kind,
+                text=tag_partial_text(state, str(text), kind),
+                summary=summary,
+                value=value,
+                check=check,
+                tolerance=tolerance,
+                evidence=evidence_pointers(run.docs, state.chunk, evidence),
+                provenance=run.provenance(state),
+            )
+        except (ValidationError, ValueError, TypeError) as exc:
+            reason = validation_message(exc)
+            run.trace.emit("gist_rejected", agent=state.agent_id, task=state.task_or_final_id,
+                           gist_id=None, reason=f"bad proposal: {reason}", failure_gist_id=None)
+            return {"status": "rejected", "reason": f"bad proposal: {reason}"}
+        chunk = state.chunk
+        check_vars = (
+            {"chunk_doc": chunk.doc, "chunk_start": chunk.start, "chunk_end": chunk.end}
+            if chunk is not None else {}
+        )
+        verdict = await run.verifier.verify(
+            gist, source=run.chunk_text(chunk) if chunk is not None else None,
+            check_vars=check_vars, reject_empty=state.first_attempt,
+        )
+        state.verdicts.append(verdict)
+        return verdict.for_agent()
+
+    def add_task(goal: str, deps: list[str] | None = None) -> str:
+        if state.last_round:
+            raise RunStateError("this is the last round: no more tasks can be added; answer now")
+        if run.added_tasks >= run.config.max_added_tasks:
+            raise RunStateError(
+                f"the team already added {run.added_tasks} tasks (the limit); answer with what is verified"
+            )
+        task = run.queue.add(str(goal), deps=list(deps or []), created_by=state.agent_id)
+        run.count_added_tasks(1)
+        state.added_tasks.append(task.id)
+        return task.id
+
+    sb.register("gists", gists)
+    sb.register("unfold", unfold)
+    sb.register("propose", propose)
+    sb.register("add_task", add_task)
+
+
+def tag_partial_text(state: AgentState, text: str, kind: Any) -> str:
+    """PARTIAL gists are per task: the task id in the text keeps chunk 3's count from
+    merging with chunk 4's equal count."""
+    text = " ".join(text.split())
+    is_partial = str(getattr(kind, "value", kind)).strip().lower() == "partial"
+    if is_partial and state.task is not None and not text.startswith(f"{state.task.id}:"):
+        text = f"{state.task.id}: {text}"
+    return text
+
+
+def evidence_pointers(docs: list[str], chunk: Chunk | None, evidence: Any) -> list[Any]:
+    """Accept evidence as dicts ({"doc", "start", "end", "quote"} or {"code", "output"})
+    or bare quote strings, which are located in the task's chunk (or the corpus): an
+    agent need not compute offsets, and a string not found there keeps the chunk's span
+    so the verifier rejects it with the reason."""
+    if evidence is None:
+        return []
+    if isinstance(evidence, (str, dict)):
+        evidence = [evidence]
+    if not isinstance(evidence, list):
+        raise TypeError("evidence must be a list of quotes (str) or dicts")
+    out: list[Any] = []
+    for item in evidence:
+        if isinstance(item, str):
+            out.append(locate_quote(docs, chunk, item))
+        elif isinstance(item, dict):
+            if "quote" in item and ("start" not in item or "end" not in item):
+                out.append(locate_quote(docs, chunk, str(item["quote"]), item.get("doc")))
+            else:
+                out.append(item if "type" in item else {**item, "type": "code" if "code" in item else "quote"})
+        else:
+            raise TypeError(f"an evidence item must be a quote (str) or a dict, not {type(item).__name__}")
+    return out
+
+
+def locate_quote(docs: list[str], chunk: Chunk | None, quote: str, doc: Any = None) -> dict[str, Any]:
+    """A quote pointer for `quote`: searched in the chunk first, then in the named doc, then
+    in every doc. Not found: the chunk's span (the verifier then rejects it, saying why)."""
+    needle = quote.strip()
+    if chunk is not None and doc in (None, chunk.doc):
+        at = docs[chunk.doc].find(needle, chunk.start, chunk.end)
+        if at >= 0:
+            return {"type": "quote", "doc": chunk.doc, "start": at, "end": at + len(needle), "quote": quote}
+    candidates = [int(doc)] if isinstance(doc, int) and 0 <= doc < len(docs) else range(len(docs))
+    for d in candidates:
+        at = docs[d].find(needle)
+        if at >= 0:
+            return {"type": "quote", "doc": d, "start": at, "end": at + len(needle), "quote": quote}
+    if chunk is not None:
+        return {"type": "quote", "doc": chunk.doc, "start": chunk.start, "end": chunk.end, "quote": quote}
+    d = int(doc) if isinstance(doc, int) and 0 <= doc < len(docs) else 0
+    return {"type": "quote", "doc": d, "start": 0, "end": len(docs[d]) if docs else 0, "quote": quote}
