@@ -52,6 +52,17 @@ class LocalModelUnavailable(LMError, ImportError):
     """The local model cannot be used here (extra not installed, parts missing or corrupt)."""
 
 
+class EndpointFailing(LMError):
+    """An endpoint failed so many calls in a row that the gateway stopped sending it more
+    (`LM(max_consecutive_failures=...)`); the message names the endpoint and its last error.
+    A caller that retries failed calls should stop here: every further call fails the same."""
+
+
+class PriceUnknown(LMError, ConfigError):
+    """A dollar budget was asked for a model whose price is unknown; the message says how to
+    give the price (per LM, `DELM_RLM_PRICE`, `--price`, or `register_price`)."""
+
+
 # -- input --------------------------------------------------------------------------------
 
 

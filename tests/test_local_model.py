@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -68,9 +69,92 @@ def test_a_damaged_model_file_is_reassembled(tmp_path: Path) -> None:
     assemble(parts, target, size=len(WHOLE), sha256=SHA)
     damaged = bytearray(WHOLE)
     damaged[100] ^= 0xFF
+    target.chmod(0o644)  # the assembled file is read-only
     target.write_bytes(bytes(damaged))  # same size, new mtime: no longer matches the record
     assemble(parts, target, size=len(WHOLE), sha256=SHA)
     assert target.read_bytes() == WHOLE
+
+
+FAKE = LocalModelSpec(
+    name="local-test", label="fake test model", dist_prefix="delm-rlm-no-such-part", n_parts=3, version="0",
+    size=len(WHOLE), sha256=SHA, filename="fake.gguf", alias="fake",
+)
+
+
+@pytest.fixture
+def fake_model_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A model directory holding the fake model, assembled from parts the spec can find."""
+    monkeypatch.setenv("DELM_RLM_MODEL_DIR", str(tmp_path / "models"))
+    parts = make_parts(tmp_path, CHUNKS)
+    monkeypatch.setattr(local_model, "part_files", lambda spec: parts)
+    local_model.ensure_model_file(FAKE)
+    return tmp_path / "models"
+
+
+def edit_in_place(target: Path) -> None:
+    """A same-size edit of the file with its mtime put back, as code that wants to pass a
+    size + mtime check would do it."""
+    st = target.stat()
+    target.chmod(0o644)
+    data = bytearray(target.read_bytes())
+    data[7] ^= 0x55
+    target.write_bytes(bytes(data))
+    target.chmod(0o444)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert target.stat().st_size == st.st_size and target.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_the_assembled_model_file_is_read_only(fake_model_dir: Path) -> None:
+    target = fake_model_dir / FAKE.filename
+    assert target.read_bytes() == WHOLE
+    assert target.stat().st_mode & 0o222 == 0
+    assert local_model.is_verified(target, SHA, len(WHOLE))
+
+
+def test_a_same_size_edit_is_caught_by_the_hash_when_the_model_is_loaded(fake_model_dir: Path) -> None:
+    """The file the server loads (ensure_model_file) is hashed; size, mtime and a matching
+    sidecar do not pass an edited file, and it is reassembled from the parts."""
+    target = fake_model_dir / FAKE.filename
+    edit_in_place(target)
+    assert not local_model.is_verified(target, SHA, len(WHOLE))  # the ctime moved
+    assert local_model.ensure_model_file(FAKE) == target
+    assert target.read_bytes() == WHOLE
+
+    # Even a sidecar rewritten to describe the edited file does not make it pass.
+    edit_in_place(target)
+    st = target.stat()
+    sidecar = target.with_name(target.name + ".verified.json")
+    sidecar.write_text(json.dumps({"sha256": SHA, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                   "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}))
+    assert local_model.is_verified(target, SHA, len(WHOLE))  # the record alone is fooled ...
+    assert local_model.ensure_model_file(FAKE) == target
+    assert target.read_bytes() == WHOLE  # ... the hash is not
+
+
+def test_a_hash_is_reused_in_the_process_while_the_file_is_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hashed while assembled, the file is not read again by a later load in this process
+    (a server restart), sidecar or not; once touched, it is."""
+    monkeypatch.setattr(local_model, "RACY_WINDOW_NS", 0)  # the file was written just now
+    monkeypatch.setenv("DELM_RLM_MODEL_DIR", str(tmp_path / "models"))
+    parts = make_parts(tmp_path, CHUNKS)
+    monkeypatch.setattr(local_model, "part_files", lambda spec: parts)
+    target = local_model.ensure_model_file(FAKE)
+    hashed: list[Path] = []
+    real_sha256_file = local_model.sha256_file
+    monkeypatch.setattr(local_model, "sha256_file", lambda path, *a: hashed.append(path) or real_sha256_file(path, *a))
+    target.with_name(target.name + ".verified.json").unlink()
+    assert local_model.ensure_model_file(FAKE) == target and hashed == []
+    os.utime(target)  # touched: the identity changed
+    assert local_model.ensure_model_file(FAKE) == target and hashed == [target]
+
+
+def test_an_edited_model_file_without_its_parts_is_refused(fake_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = fake_model_dir / FAKE.filename
+    monkeypatch.setattr(local_model, "part_files", lambda spec: (_ for _ in ()).throw(
+        LocalModelUnavailable("the fake model packages are not installed (delm-rlm-no-such-part1)")))
+    edit_in_place(target)
+    with pytest.raises(LocalModelUnavailable, match=r"fake.gguf does not match the SHA-256 of fake test model .*changed after it was assembled.*not installed"):
+        local_model.ensure_model_file(FAKE)
 
 
 def test_missing_part_packages_name_the_install_command() -> None:

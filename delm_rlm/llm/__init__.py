@@ -2,6 +2,7 @@
 cache, usage and budgets, roles and prices.
 
     gateway.py        LM: routing, sessions, budgets, ledger, observers, cache use
+    health.py         EndpointHealth: stop calling an endpoint that keeps failing
     transport.py      the Transport protocol: ChatRequest, ChatReply, Slots
     openai_compat.py  OpenAICompatTransport: any OpenAI-compatible chat endpoint
     local.py          the offline GGUF model (assembled, verified, served) and LocalTransport
@@ -28,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "Slots": "delm_rlm.llm.transport",
     "Transport": "delm_rlm.llm.transport",
     "OpenAICompatTransport": "delm_rlm.llm.openai_compat",
+    "served_models": "delm_rlm.llm.openai_compat",
+    "EndpointHealth": "delm_rlm.llm.health",
     "LocalTransport": "delm_rlm.llm.local",
     "ScriptedLM": "delm_rlm.llm.scripted",
     "ScriptedTransport": "delm_rlm.llm.scripted",
@@ -44,6 +47,8 @@ _EXPORTS: dict[str, str] = {
     "register_role": "delm_rlm.llm.roles",
     "role_names": "delm_rlm.llm.roles",
     "Price": "delm_rlm.llm.prices",
+    "parse_price": "delm_rlm.llm.prices",
+    "price_from_env": "delm_rlm.llm.prices",
     "price_for": "delm_rlm.llm.prices",
     "register_context_window": "delm_rlm.llm.prices",
     "register_price": "delm_rlm.llm.prices",
@@ -51,6 +56,8 @@ _EXPORTS: dict[str, str] = {
     "approx_tokens": "delm_rlm.llm.tokens",
     # the errors a model call raises, beside the gateway for its callers' convenience
     "BudgetExceeded": "delm_rlm.errors",
+    "EndpointFailing": "delm_rlm.errors",
+    "PriceUnknown": "delm_rlm.errors",
     "LMError": "delm_rlm.errors",
     "LocalModelUnavailable": "delm_rlm.errors",
 }
@@ -58,12 +65,15 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
-    from delm_rlm.errors import BudgetExceeded, LMError, LocalModelUnavailable
+    from delm_rlm.errors import BudgetExceeded, EndpointFailing, LMError, LocalModelUnavailable, PriceUnknown
     from delm_rlm.llm.cache import ResponseCache, cache_dir
     from delm_rlm.llm.gateway import LM, default_model
+    from delm_rlm.llm.health import EndpointHealth
     from delm_rlm.llm.local import LocalTransport
-    from delm_rlm.llm.openai_compat import OpenAICompatTransport
-    from delm_rlm.llm.prices import Price, price_for, register_context_window, register_price
+    from delm_rlm.llm.openai_compat import OpenAICompatTransport, served_models
+    from delm_rlm.llm.prices import (
+        Price, parse_price, price_for, price_from_env, register_context_window, register_price,
+    )
     from delm_rlm.llm.roles import BUILTIN_ROLES, Role, register_role, role_names
     from delm_rlm.llm.scripted import ScriptedLM, ScriptedTransport, load_script
     from delm_rlm.llm.tokens import approx_message_tokens, approx_tokens

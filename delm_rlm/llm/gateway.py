@@ -8,7 +8,11 @@ One object gives a run everything it needs from a model endpoint:
 - bounded concurrency (`max_concurrency`, or the limit the endpoint imposes);
 - usage per call, per role and per run (calls, tokens, seconds, dollars from delm_rlm.llm.prices);
 - budgets (dollars, tokens, seconds, calls) checked before every call, raising the typed
-  `BudgetExceeded`;
+  `BudgetExceeded`; the seconds budget is a deadline that bounds a whole call, its retries
+  included; a dollar budget for a model without a known price is refused when the LM or the
+  session is made (`check_budget`);
+- a stop for an endpoint that keeps failing (delm_rlm.llm.health): past
+  `max_consecutive_failures` failed calls in a row, calls fail at once with `EndpointFailing`;
 - an on-disk SQLite response cache keyed by the full request (delm_rlm.llm.cache), on by
   default at temperature 0;
 - routing by role (roles are an open registry, delm_rlm.llm.roles: root, sub, verifier,
@@ -31,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from delm_rlm.errors import BudgetExceeded, ConfigError, LMError
+from delm_rlm.errors import BudgetExceeded, ConfigError, LMError, PriceUnknown
 from delm_rlm.llm import local as local_model
 from delm_rlm.llm.cache import ResponseCache, open_cache
-from delm_rlm.llm.openai_compat import OpenAICompatTransport
-from delm_rlm.llm.prices import PriceLike, context_window_for, price_for
+from delm_rlm.llm.health import DEFAULT_MAX_CONSECUTIVE_FAILURES, EndpointHealth
+from delm_rlm.llm.openai_compat import OpenAICompatTransport, served_models
+from delm_rlm.llm.prices import PRICE_ENV, PriceLike, context_window_for, price_for, price_from_env
 from delm_rlm.llm.roles import check_role
 from delm_rlm.llm.tokens import approx_tokens
 from delm_rlm.llm.transport import DEFAULT_TIMEOUT_S, ChatReply, ChatRequest, Slots, Transport
@@ -43,8 +48,30 @@ from delm_rlm.llm.usage import Budget, CallFailure, Completion, UsageLedger
 
 
 def default_model() -> str:
-    """The model a user gets without naming one: `$DELM_RLM_MODEL`, else "local"."""
-    return os.environ.get("DELM_RLM_MODEL") or "local"
+    """The model a user gets without naming one: `$DELM_RLM_MODEL`; else, when
+    `$OPENAI_BASE_URL` is set, the model that endpoint serves (its /v1/models list: the only
+    one, or a ConfigError listing them when it serves several); else "local", the offline
+    model. An endpoint that is set but cannot be asked is an LMError, never a silent switch to
+    the local model."""
+    named = os.environ.get("DELM_RLM_MODEL", "").strip()
+    if named:
+        return named
+    base_url = os.environ.get("OPENAI_BASE_URL", "").strip()
+    if not base_url:
+        return "local"
+    models = served_models(base_url, os.environ.get("OPENAI_API_KEY"))
+    if len(models) == 1:
+        return models[0]
+    if not models:
+        raise ConfigError(
+            f"OPENAI_BASE_URL={base_url} serves no models (its /models list is empty): name one with "
+            "--model NAME or DELM_RLM_MODEL=NAME, or unset OPENAI_BASE_URL to use the offline local model"
+        )
+    shown = ", ".join(models[:20]) + (f" and {len(models) - 20} more" if len(models) > 20 else "")
+    raise ConfigError(
+        f"OPENAI_BASE_URL={base_url} serves {len(models)} models ({shown}): name one with --model NAME "
+        "or DELM_RLM_MODEL=NAME"
+    )
 
 
 @dataclass
@@ -87,11 +114,18 @@ class LM:
     itself) are not used.
     cache: None = on when temperature == 0; True/False force it; a path puts the SQLite file
     there (a directory, or a file ending in .sqlite/.db).
-    prices: {model: (input_usd_per_mtok, output_usd_per_mtok)} overriding delm_rlm.llm.prices.
+    prices: {model: (input_usd_per_mtok, output_usd_per_mtok)} overriding delm_rlm.llm.prices;
+    `$DELM_RLM_PRICE="IN,OUT"` prices this LM's own model when `prices` does not (not the
+    offline local model, which is free). A `budget` with max_usd needs the price of every
+    model the LM routes to: without one the LM is refused here (PriceUnknown).
     routes: {role: model name or LM}; a name is another model at the same endpoint ("local" names
     are the local model); a routed LM serves as transport only: usage and budget are counted here.
-    timeout: seconds per request attempt (default 120; 600 for the local model, whose requests
-    queue behind each other on two cores).
+    timeout: seconds one request attempt may take as a whole, connecting and reading included
+    (default 120; 600 for the local model, whose requests queue behind each other on two
+    cores). A seconds budget bounds the whole call, retries and backoff included.
+    max_consecutive_failures: calls that fail for good in a row (after their retries) before
+    this LM and its sessions stop calling the endpoint and fail at once with EndpointFailing
+    (default 8; None never stops; calls are let through again after 60 s).
     """
 
     def __init__(
@@ -111,6 +145,7 @@ class LM:
         prices: Mapping[str, PriceLike] | None = None,
         context_window: int | None = None,
         transport: Transport | None = None,
+        max_consecutive_failures: int | None = DEFAULT_MAX_CONSECUTIVE_FAILURES,
     ) -> None:
         if not isinstance(model, str) or not model.strip():
             raise LMError(f"model must be a non-empty model name, got {model!r}")
@@ -142,9 +177,14 @@ class LM:
             transport = self._transport_for(model, base_url, api_key, timeout)
         self._transport: Transport = transport
         self._prices = dict(prices or {})
+        env_price = price_from_env()
+        if env_price is not None and local_model.spec_for(model) is None and model not in self._prices:
+            self._prices[model] = env_price
+        self._health = EndpointHealth(max_consecutive_failures)  # shared by sessions
         self._routes: dict[str, str | LM] = {
             # A local model name is another endpoint (its own server), not a model name here.
-            role: LM(target, temperature=temperature, max_tokens=max_tokens, cache=cache, prices=prices)
+            role: LM(target, temperature=temperature, max_tokens=max_tokens, cache=cache, prices=prices,
+                     max_consecutive_failures=max_consecutive_failures)
             if isinstance(target, str) and local_model.spec_for(target) is not None
             else target
             for role, target in (routes or {}).items()
@@ -162,6 +202,7 @@ class LM:
         self._failure_observers: list[Callable[[CallFailure, dict], None]] = []
         self._started = time.monotonic()
         self._pending = 0  # calls of this view (and its sessions) in flight
+        self.check_budget(self._budget)
 
     def _transport_for(self, model: str, base_url: str | None, api_key: str | None, timeout: float | None) -> Transport:
         """The transport a model name means: the local model's server, else an
@@ -196,7 +237,9 @@ class LM:
 
     def session(self, budget: Budget | None = None) -> LM:
         """A view sharing transport, cache and concurrency limit, with its own ledger, budget,
-        observers and clock; its usage also counts in this LM (and its parents)."""
+        observers and clock; its usage also counts in this LM (and its parents). A budget with
+        max_usd for a model without a known price is refused here (see check_budget)."""
+        self.check_budget(budget)
         child = object.__new__(type(self))
         child.__dict__.update(self.__dict__)
         child._parent = self
@@ -287,6 +330,27 @@ class LM:
     def price(self, model: str | None = None) -> Any:
         return price_for(model or self.model, self._prices)
 
+    def models_and_prices(self) -> dict[str, Any]:
+        """Every model this LM's calls can reach (its own and each route's) with its price
+        (None when unknown)."""
+        found: dict[str, Any] = {self.model: self.price()}
+        for target in self._routes.values():
+            if isinstance(target, LM):
+                found.setdefault(target.model, target.price())
+            else:
+                found.setdefault(target, self.price(target))
+        return found
+
+    def check_budget(self, budget: Budget | None) -> None:
+        """Raise PriceUnknown (an LMError and a ConfigError) when `budget` limits dollars and a
+        model this LM can call has no known price: such a budget cannot be enforced, and the
+        place to say so is before a run starts. A budget without max_usd always passes."""
+        if budget is None or budget.max_usd is None:
+            return
+        unknown = [m for m, price in self.models_and_prices().items() if price is None]
+        if unknown:
+            raise PriceUnknown(_unknown_price_message(unknown, f"a dollar budget (max_usd={budget.max_usd:g})"))
+
     # ------------------------------------------------------------------ the call
 
     async def complete(
@@ -317,6 +381,8 @@ class LM:
             role=role,
         )
         price = target.price(model)
+        health = target._health
+        health.admit(target._transport.base_url or target._transport.endpoint_id)
         chain = self._chain()
         # Check and reserve under one lock, so concurrent calls (llm_query_batched) cannot all
         # pass a call budget that has room for only some of them.
@@ -343,6 +409,10 @@ class LM:
                     elif attempt.reached_transport:
                         view._ledger.record_failure(role, model)
                     view._pending -= 1
+            if completion is not None and not completion.cached:
+                health.succeeded()
+            elif attempt.reached_transport and isinstance(failed, LMError):
+                health.failed(str(failed))
             if completion is None and attempt.reached_transport and isinstance(failed, Exception):
                 failure = CallFailure(role=role, model=model, error=f"{type(failed).__name__}: {failed}",
                                       seconds=round(time.monotonic() - started, 3))
@@ -380,19 +450,21 @@ class LM:
             except BaseException:
                 attempt.reached_transport = True  # e.g. the local server failed to start
                 raise
-            async with target._slots:
-                # Re-check after waiting for a slot: the clock and sibling calls moved on.
-                seconds_left = self._check_budget(price_known=price is not None, model=model, reserved=1)
-                t0 = time.monotonic()
-                attempt.reached_transport = True
-                if seconds_left is not None and seconds_left < transport.timeout:
-                    try:
-                        reply = await asyncio.wait_for(transport.send(request), seconds_left)
-                    except TimeoutError:
-                        raise self._seconds_exceeded() from None
-                else:
+            # A seconds budget is a deadline for the whole call: waiting for a slot, every
+            # attempt the transport makes and the backoff between them.
+            deadline = asyncio.timeout(self._seconds_left())
+            try:
+                async with deadline, target._slots:
+                    # Re-check after waiting for a slot: the clock and sibling calls moved on.
+                    self._check_budget(price_known=price is not None, model=model, reserved=1)
+                    t0 = time.monotonic()
+                    attempt.reached_transport = True
                     reply = await transport.send(request)
-                seconds = time.monotonic() - t0
+                    seconds = time.monotonic() - t0
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                raise self._seconds_exceeded() from None
             if key is not None and target._cache is not None:
                 target._cache.put(key, model, reply)
             completion = Completion(
@@ -403,17 +475,20 @@ class LM:
             )
         return completion
 
+    def _seconds_left(self) -> float | None:
+        """Seconds until the tightest seconds budget in the chain runs out (None: no limit)."""
+        left = [v._budget.max_seconds - v._elapsed() for v in self._chain() if v._budget.max_seconds is not None]
+        return min(left) if left else None
+
     def _seconds_exceeded(self) -> BudgetExceeded:
         """The seconds limit that ran out while a call was in flight (the tightest one)."""
         views = [v for v in self._chain() if v._budget.max_seconds is not None]
         view = min(views, key=lambda v: v._budget.max_seconds - v._elapsed())  # type: ignore[operator]
         return BudgetExceeded("seconds", round(view._elapsed(), 3), view._budget.max_seconds)  # type: ignore[arg-type]
 
-    def _check_budget(self, *, price_known: bool, model: str, reserved: int) -> float | None:
+    def _check_budget(self, *, price_known: bool, model: str, reserved: int) -> None:
         """Raise BudgetExceeded if any view in the chain has no room for one more call (calls in
-        flight count, less the `reserved` one of the caller itself); return the seconds left
-        (the tightest view), or None when no view limits time."""
-        seconds_left: float | None = None
+        flight count, less the `reserved` one of the caller itself)."""
         for view in self._chain():
             b, u = view._budget, view._ledger.total
             if b.max_calls is not None:
@@ -423,20 +498,13 @@ class LM:
             if b.max_tokens is not None and u.total_tokens >= b.max_tokens:
                 raise BudgetExceeded("tokens", u.total_tokens, b.max_tokens)
             if b.max_usd is not None:
-                if not price_known or u.cost_usd is None:
-                    raise LMError(
-                        f"cannot enforce a dollar budget: the price of model {model!r} is unknown; "
-                        f"pass LM(..., prices={{{model!r}: (input_usd_per_mtok, output_usd_per_mtok)}}) "
-                        "or call delm_rlm.llm.prices.register_price, or budget tokens instead"
-                    )
+                if not price_known or u.cost_usd is None:  # check_budget refuses this up front
+                    raise PriceUnknown(_unknown_price_message([model], "a dollar budget"))
                 if u.cost_usd >= b.max_usd:
                     raise BudgetExceeded("usd", round(u.cost_usd, 6), b.max_usd)
             if b.max_seconds is not None:
-                left = b.max_seconds - view._elapsed()
-                if left <= 0:
+                if b.max_seconds - view._elapsed() <= 0:
                     raise BudgetExceeded("seconds", round(view._elapsed(), 3), b.max_seconds)
-                seconds_left = left if seconds_left is None else min(seconds_left, left)
-        return seconds_left
 
     # ------------------------------------------------------------------ closing
 
@@ -449,6 +517,18 @@ class LM:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, endpoint={self._transport.endpoint_id!r})"
+
+
+def _unknown_price_message(models: list[str], what: str) -> str:
+    names = ", ".join(repr(m) for m in models)
+    first = models[0]
+    whose = f"the price of model {names} is" if len(models) == 1 else f"the prices of models {names} are"
+    return (
+        f"cannot enforce {what}: {whose} unknown; give {'it' if len(models) == 1 else 'each'} per million "
+        f"tokens: LM(..., prices={{{first!r}: (input_usd_per_mtok, output_usd_per_mtok)}}), or for the LM's own "
+        f"model {PRICE_ENV}='IN,OUT' (--price IN,OUT on the command line), or delm_rlm.llm.prices.register_price; "
+        "or budget tokens instead (max_tokens)"
+    )
 
 
 __all__ = ["LM", "default_model"]

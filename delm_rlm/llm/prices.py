@@ -1,13 +1,17 @@
 """Model prices and context windows: what a call costs and how much a model can read.
 
 Prices are US dollars per million tokens, as published by the providers when this table was
-written; they change, so users override them per LM (`LM(prices={...})`) or process-wide
-(`register_price`). A model missing from the table still works: its tokens are counted and
-its cost is reported as unknown (None), never guessed.
+written; they change, so users override them per LM (`LM(prices={...})`), for the LM's own
+model through `DELM_RLM_PRICE="IN,OUT"` (the command line's `--price IN,OUT`, read by
+`parse_price`), or process-wide (`register_price`). A model missing from all of these still
+works: its tokens are counted and its cost is reported as unknown (None), never guessed; only
+a dollar budget needs the price, and asking for one without it is an error up front.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 from collections.abc import Mapping
 
@@ -79,6 +83,34 @@ def as_price(value: PriceLike) -> Price:
         f"a price must be Price(...), (input_per_mtok, output_per_mtok) or a dict with those keys, "
         f"got {value!r}"
     )
+
+
+PRICE_ENV = "DELM_RLM_PRICE"
+
+
+def parse_price(text: str, *, source: str = "a price") -> Price:
+    """A price written "IN,OUT": US dollars per million input and output tokens, e.g.
+    "0.15,0.60" (what `--price` and `DELM_RLM_PRICE` take). `source` names where the text
+    came from in the error message."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError("needs two numbers")
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2 or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ConfigError(
+            f"{source} {text!r} is not a price: write IN,OUT in US dollars per million input and output "
+            "tokens, two numbers >= 0, e.g. 0.15,0.60"
+        )
+    return Price(input_per_mtok=values[0], output_per_mtok=values[1])
+
+
+def price_from_env() -> Price | None:
+    """The price `$DELM_RLM_PRICE` gives ("IN,OUT" per million tokens), or None when unset."""
+    raw = os.environ.get(PRICE_ENV, "").strip()
+    return parse_price(raw, source=PRICE_ENV) if raw else None
 
 
 def register_price(model: str, input_per_mtok: float, output_per_mtok: float) -> None:

@@ -106,8 +106,9 @@ class Transport(Protocol):
     base_url: the endpoint's URL when it is fixed at construction; None for api.openai.com's
         default, for the local model (its port is chosen when its server starts) and for
         endpoints that are not HTTP.
-    timeout: seconds one attempt may take; the gateway cuts a call short only when a seconds
-        budget has less than this left.
+    timeout: seconds one attempt may take as a whole (connecting, waiting, reading the body),
+        not per read. The gateway bounds the whole `send`, retries included, by the seconds
+        budget's deadline when there is one.
     slots: a concurrency limit the endpoint itself imposes on every LM that uses it (the local
         server answers one request at a time), or None: then the LM's `max_concurrency` holds.
     """
@@ -130,7 +131,8 @@ class Transport(Protocol):
 
     async def send(self, request: ChatRequest) -> ChatReply:
         """One chat completion. Raises LMError when it fails for good (retries are the
-        transport's business)."""
+        transport's business), also when the endpoint answers something that is not a chat
+        completion. The gateway may cancel it when a seconds budget runs out."""
         ...
 
     async def aclose(self) -> None:
