@@ -40,6 +40,7 @@ from delm_rlm import prompts
 from delm_rlm.classify import ClassificationLog
 from delm_rlm.classify import classify as classify_items
 from delm_rlm.codeblocks import close_open_fence, extract_code_blocks, strip_code_blocks
+from delm_rlm.errors import EndpointFailing
 from delm_rlm.llm import LM, Budget, BudgetExceeded, LMError
 from delm_rlm.result import FinishedBy, Result
 from delm_rlm.trace import Trace, observe_model_calls
@@ -490,6 +491,8 @@ class RLM:
             )
             result._exceeded = exc
             return result
+        except EndpointFailing:
+            raise  # the endpoint is down for everyone: the caller ends the run, not this step
         except (LMError, SandboxError) as exc:
             what = "model call failed" if isinstance(exc, LMError) else "sandbox failed"
             emit("error", message=f"{what}: {exc}")

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field, ValidationError
 
 from delm_rlm import prompts
-from delm_rlm.errors import LMError
+from delm_rlm.errors import EndpointFailing, LMError
 from delm_rlm.gists import Gist
 from delm_rlm.state.queue import Task
 from delm_rlm.team.replies import ReplyModel, parse_json_reply, validation_message
@@ -85,6 +85,8 @@ class DelmRole(Role):
                 messages, DelmReply, role="root", tags={"agent": state.agent_id, "task": task.id},
                 example='{"answer": "2", "gists": [{"kind": "partial", "text": "...", "value": 2, "quotes": ["..."]}]}',
             )
+        except EndpointFailing:
+            raise  # the endpoint is down for every agent: the team ends the run
         except LMError as exc:  # as in hybrid mode: the task is retried, the agent goes on
             run.trace.emit("error", agent=state.agent_id, task=task.id, message=f"model call failed: {exc}")
             return TaskOutcome(None, f"model call failed: {exc}")

@@ -34,7 +34,7 @@ from delm_rlm import prompts
 from delm_rlm.chunking import Chunk
 from delm_rlm.classify import ClassificationLog
 from delm_rlm.corpus import Corpus
-from delm_rlm.errors import BudgetExceeded, ConfigError, RunStateError
+from delm_rlm.errors import BudgetExceeded, ConfigError, EndpointFailing, RunStateError
 from delm_rlm.gists import GistStatus
 from delm_rlm.llm import LM, Budget, Usage
 from delm_rlm.result import Result
@@ -133,6 +133,7 @@ class Team:
             self.config = TeamConfig(sandbox=spec if isinstance(spec, str) else CUSTOM_SANDBOX, **settings)
         except ValidationError as exc:
             raise ConfigError(f"bad Team settings: {exc}") from exc
+        lm.check_budget(self.config.budget)  # a dollar budget needs a price: refused now, not mid-run
         self.lm = lm
         self.sandbox = spec
         self.run_dir = Path(run_dir).expanduser() if run_dir is not None else None
@@ -363,6 +364,11 @@ class Team:
                     exc = t.exception()
                     if isinstance(exc, BudgetExceeded):
                         run.exceeded = run.exceeded or exc
+                        run.done.set()
+                    elif isinstance(exc, EndpointFailing):
+                        # Every agent's next call would fail the same way: stop the run.
+                        run.status, run.error = "error", str(exc)
+                        run.trace.emit("error", message=f"run stopped: {exc}")
                         run.done.set()
                     elif exc is not None:
                         run.agent_errors.append(f"{t.get_name()}: {type(exc).__name__}: {exc}")
