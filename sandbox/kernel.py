@@ -301,6 +301,14 @@ class KernelSandbox(Sandbox):
 
     async def _backend_close(self) -> None:
         _LIVE.discard(self)
+        try:
+            await self._stop_kernel()
+        finally:
+            # Even when the close itself is cancelled (an agent task cancelled at the end of a
+            # run), the kernel's folders and its corpus copy never outlive the sandbox.
+            self._remove_folders()
+
+    async def _stop_kernel(self) -> None:
         if self._disk_watch is not None:
             self._disk_watch.cancel()
             with contextlib.suppress(BaseException):
@@ -316,6 +324,17 @@ class KernelSandbox(Sandbox):
             with contextlib.suppress(Exception):
                 await self._km.shutdown_kernel(now=True)
             self._km = None
+
+    def _remove_folders(self) -> None:
+        if self._km is not None:
+            # Stopping was cut short: kill the kernel's process group before its folders go.
+            with contextlib.suppress(Exception):
+                self._kill_now()
+            self._km = None
+        if self._kc is not None:
+            with contextlib.suppress(Exception):
+                self._kc.stop_channels()
+            self._kc = None
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -6,10 +6,12 @@ pid lock, and the usage of earlier sessions read back from the trace.
         trace.jsonl                  the event stream (`Trace`)
         corpus.json [corpus.parquet] the context, so the run can be resumed
         run.pid                      which process is working on it
+        run.lock                     held (flock) by that process, from before anything is written
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -29,6 +31,7 @@ from delm_rlm.trace import TraceEvent
 STORE_FILE = "store.sqlite"
 TRACE_FILE = "trace.jsonl"
 PID_FILE = "run.pid"
+LOCK_FILE = "run.lock"
 CORPUS_FILE = "corpus.json"
 CORPUS_TABLE_FILE = "corpus.parquet"  # a table corpus's rows, beside CORPUS_FILE
 
@@ -81,16 +84,33 @@ def check_not_running(run_dir: Path) -> None:
 
 @contextmanager
 def holding_run(run_dir: Path) -> Iterator[None]:
-    """Mark `run_dir` as worked on by this process for the duration of the block."""
-    pid_file = run_dir / PID_FILE
-    pid_file.write_text(str(os.getpid()))
+    """Hold `run_dir` for this process for the duration of the block: an exclusive lock taken
+    before anything of the run is written, so of two processes starting or resuming the same
+    run at once one refuses, whatever the timing. The kernel releases the lock when the
+    process dies (even by SIGKILL); `run.pid` says which process holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = (run_dir / PID_FILE).read_text().strip() if (run_dir / PID_FILE).exists() else "another process"
+        raise RunStateError(
+            f"{run_dir} is being worked on by process {holder}; wait for it to stop (or stop it) "
+            "before starting or resuming this run"
+        ) from None
+    pid_file = run_dir / PID_FILE
+    try:
+        check_not_running(run_dir)  # a pid file left by a live process of an older version
+        pid_file.write_text(str(os.getpid()))
         yield
     finally:
         try:
             pid_file.unlink()
         except FileNotFoundError:
             pass
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 # -- the corpus ----------------------------------------------------------------------------

@@ -51,7 +51,6 @@ from delm_rlm.team.run import AgentState, TeamRun
 from delm_rlm.team.rundir import (
     STORE_FILE,
     TRACE_FILE,
-    check_not_running,
     default_runs_dir,
     holding_run,
     load_corpus,
@@ -148,22 +147,22 @@ class Team:
             raise ConfigError("question must be a non-empty str")
         corpus = Corpus.coerce(context)
         run_dir = self.run_dir or default_runs_dir() / new_run_id()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        store_path = run_dir / STORE_FILE
-        if store_path.exists() and stored_question(store_path) is not None:
-            raise ConfigError(
-                f"{run_dir} already holds a run; continue it with Team.resume({str(run_dir)!r}, lm=...) "
-                "or give a new run_dir"
+        with holding_run(run_dir):  # before anything is written: one of two starts refuses
+            store_path = run_dir / STORE_FILE
+            if store_path.exists() and stored_question(store_path) is not None:
+                raise ConfigError(
+                    f"{run_dir} already holds a run; continue it with Team.resume({str(run_dir)!r}, lm=...) "
+                    "or give a new run_dir"
+                )
+            save_corpus(run_dir, corpus)
+            store = RunStore(store_path)
+            store.set_meta(
+                question=question.strip(),
+                method=self.config.mode,
+                config=self.config.model_dump(mode="json"),
+                status="running",
             )
-        save_corpus(run_dir, corpus)
-        store = RunStore(store_path)
-        store.set_meta(
-            question=question.strip(),
-            method=self.config.mode,
-            config=self.config.model_dump(mode="json"),
-            status="running",
-        )
-        return await self._execute(run_dir, store, corpus, question.strip(), fresh=True)
+            return await self._execute(run_dir, store, corpus, question.strip(), fresh=True)
 
     def run_sync(self, question: str, context: Any) -> Result:
         """`run` for code without an event loop."""
@@ -198,7 +197,13 @@ class Team:
                 trace_path=str(run_dir / TRACE_FILE), method=meta.method or "hybrid",
                 gist_ids=list(getattr(meta, "gist_ids", None) or []), finished_by="state",
             )
-        check_not_running(run_dir)
+        with holding_run(run_dir):
+            return await cls._resume_held(run_dir, store, meta, lm=lm, sandbox=sandbox, **overrides)
+
+    @classmethod
+    async def _resume_held(
+        cls, run_dir: Path, store: RunStore, meta: Any, *, lm: LM, sandbox: SandboxSpec | None, **overrides: Any
+    ) -> Result:
         settings = dict(meta.config)
         settings.update(overrides)
         # The stored kind unless a factory is given (None: the default kind).
@@ -219,44 +224,44 @@ class Team:
     # -- one run ------------------------------------------------------------------------
 
     async def _execute(self, run_dir: Path, store: RunStore, corpus: Corpus, question: str, *, fresh: bool) -> Result:
+        """One session of a run; the caller holds the run directory (`holding_run`)."""
         cfg = self.config
         role_class = ROLES[cfg.mode]
         started = time.monotonic()
-        with holding_run(run_dir):
-            trace_path = run_dir / TRACE_FILE
-            earlier = Trace.load(trace_path) if not fresh and trace_path.exists() else []
-            trace = Trace(trace_path)
+        trace_path = run_dir / TRACE_FILE
+        earlier = Trace.load(trace_path) if not fresh and trace_path.exists() else []
+        trace = Trace(trace_path)
+        try:
+            for subscriber in self.trace_subscribers:
+                trace.subscribe(subscriber)
+            run = self._new_run(run_dir, store, corpus, question, trace, role_class)
+            run.prior_usage, run.prior_usage_by_role = usage_from_trace(earlier)
+            trace.emit(
+                "run_started", question=question, method=cfg.mode, corpus=run.description,
+                config={**cfg.model_dump(mode="json"), "resumed": not fresh, "run_dir": str(run_dir)},
+            )
             try:
-                for subscriber in self.trace_subscribers:
-                    trace.subscribe(subscriber)
-                run = self._new_run(run_dir, store, corpus, question, trace, role_class)
-                run.prior_usage, run.prior_usage_by_role = usage_from_trace(earlier)
-                trace.emit(
-                    "run_started", question=question, method=cfg.mode, corpus=run.description,
-                    config={**cfg.model_dump(mode="json"), "resumed": not fresh, "run_dir": str(run_dir)},
-                )
-                try:
-                    if fresh:
-                        await plan_tasks(run)
-                    else:
-                        self._recover(run)
-                    run.chunks = {k: Chunk.model_validate(v) for k, v in (store.get_meta("chunks") or {}).items()}
-                    run.finalize_round = store.counter("finalize_rounds")
-                    run.added_tasks = store.counter("added_tasks")
-                    await self._run_agents(run, role_class)
-                except BudgetExceeded as exc:
-                    run.exceeded = exc
-                except Exception as exc:
-                    run.status, run.error = "error", f"{type(exc).__name__}: {exc}"
-                    trace.emit("error", message=run.error)
-                finally:
-                    try:
-                        await run.verifier.close()
-                    except Exception as exc:  # closing must not hide the run's outcome
-                        trace.emit("error", message=f"verifier sandbox close failed: {exc}")
-                return self._finish(run, started)
+                if fresh:
+                    await plan_tasks(run)
+                else:
+                    self._recover(run)
+                run.chunks = {k: Chunk.model_validate(v) for k, v in (store.get_meta("chunks") or {}).items()}
+                run.finalize_round = store.counter("finalize_rounds")
+                run.added_tasks = store.counter("added_tasks")
+                await self._run_agents(run, role_class)
+            except BudgetExceeded as exc:
+                run.exceeded = exc
+            except Exception as exc:
+                run.status, run.error = "error", f"{type(exc).__name__}: {exc}"
+                trace.emit("error", message=run.error)
             finally:
-                trace.close()
+                try:
+                    await run.verifier.close()
+                except Exception as exc:  # closing must not hide the run's outcome
+                    trace.emit("error", message=f"verifier sandbox close failed: {exc}")
+            return self._finish(run, started)
+        finally:
+            trace.close()
 
     def _new_run(self, run_dir: Path, store: RunStore, corpus: Corpus, question: str,
                  trace: Trace, role_class: type[Role]) -> TeamRun:
