@@ -26,7 +26,7 @@ import random
 import re
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from delm_rlm import prompts
 from delm_rlm.errors import ConfigError, NotFound
@@ -42,7 +42,7 @@ RULES_CHARS = 1500  # labelling rules shown in one prompt, at most (the first on
 
 # Labelling rules: a list of texts, or a function returning them when a call starts (rules
 # admitted while a run goes on reach the calls made after).
-RulesSource = Union[Sequence[str], Callable[[], Sequence[str]]]
+RulesSource = Sequence[str] | Callable[[], Sequence[str]]
 
 _NUMBERED = re.compile(r"^\s*(?:item\s*)?#?(\d+)\s*[:.)\]-]\s*(.*?)\s*$", re.IGNORECASE)
 

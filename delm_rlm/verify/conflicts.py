@@ -20,7 +20,8 @@ How it ends:
 - otherwise `votes` independent verifier calls (an odd number) each say which claim the data
   supports, the claims shown in swapped order on every other call; a majority wins, and with
   none the earlier admitted claim stands ("vote");
-- with no model to vote, both stay admitted and the conflict is traced as "unresolved".
+- with no model to vote (or every vote failed), both stay admitted and the conflict is
+  traced as "unresolved".
 
 The loser becomes SUPERSEDED, pointing at the winner (`superseded_by`), and a FAILURE gist
 records why (same transaction, `SharedContext.supersede`); nothing is overwritten. Every
@@ -131,14 +132,14 @@ def describe_claim(gist: Gist) -> str:
 
 
 class ConflictResolver:
-    """Finds and settles conflicts between admitted claims (see the module docstring).
+    """Finds and settles conflicts between admitted claims of a shared context (see the
+    module docstring), the context given with each call.
 
     `checks` re-runs checks (the gate's `CheckRunner`); `lm` votes (None: conflicts that need
     a vote stay unresolved); `votes`: an odd number; `enabled=False` looks for nothing."""
 
     def __init__(
         self,
-        context: SharedContext,
         checks: CheckRunner,
         *,
         lm: LM | None = None,
@@ -148,7 +149,6 @@ class ConflictResolver:
         enabled: bool = True,
         source_chars: int = CONFLICT_SOURCE_CHARS,
     ) -> None:
-        self.context = context
         self.checks = checks
         self.lm = lm
         self.votes = check_vote_count(votes)
@@ -159,32 +159,33 @@ class ConflictResolver:
         self._check_vars: dict[str, dict[str, Any]] = {}  # gist id -> the slice its check ran on
         self._lock = asyncio.Lock()
 
-    def rivals(self, gist: Gist) -> list[Gist]:
-        """The admitted claims `gist` conflicts with, oldest first."""
+    def rivals(self, context: SharedContext, gist: Gist) -> list[Gist]:
+        """The admitted claims of `context` that `gist` conflicts with, oldest first."""
         if gist.kind not in CONFLICT_KINDS or gist.value is None:
             return []
         return [
-            other for other in self.context.store.list_gists(status=GistStatus.ADMITTED, kinds=gist.kind)
+            other for other in context.store.list_gists(status=GistStatus.ADMITTED, kinds=gist.kind)
             if other.id != gist.id and about_the_same(gist, other) and disagree(gist, other)
         ]
 
     async def resolve(
-        self, gist: Gist, check_vars: Mapping[str, Any] | None = None, source: str | None = None
+        self, context: SharedContext, gist: Gist, check_vars: Mapping[str, Any] | None = None,
+        source: str | None = None,
     ) -> list[ConflictOutcome]:
         """Settle every conflict of the just-admitted `gist` (its check ran on `check_vars`,
         about `source`), oldest rival first, until it loses one."""
         if not self.enabled or gist.id is None or gist.kind not in CONFLICT_KINDS or gist.value is None:
             return []
         self._check_vars[gist.id] = dict(check_vars or {})
-        if not self.rivals(gist):
+        if not self.rivals(context, gist):
             return []
         outcomes: list[ConflictOutcome] = []
         async with self._lock:  # two conflicting admissions at once settle one after the other
-            for rival in self.rivals(gist):
-                if self.context.store.get_gist(gist.id).status != GistStatus.ADMITTED:
+            for rival in self.rivals(context, gist):
+                if context.store.get_gist(gist.id).status != GistStatus.ADMITTED:
                     break
                 started = time.perf_counter()
-                outcome = await self._settle(rival, gist, source)
+                outcome = await self._settle(context, rival, gist, source)
                 self.stats.checks_run["conflicts"] += 1
                 self.stats.seconds_by_stage["conflicts"] += time.perf_counter() - started
                 outcomes.append(outcome)
@@ -192,7 +193,7 @@ class ConflictResolver:
                     break
         return outcomes
 
-    async def _settle(self, old: Gist, new: Gist, source: str | None) -> ConflictOutcome:
+    async def _settle(self, context: SharedContext, old: Gist, new: Gist, source: str | None) -> ConflictOutcome:
         ids = [str(old.id), str(new.id)]
         same_task = old.provenance.task_id is not None and old.provenance.task_id == new.provenance.task_id
         self.stats.conflicts += 1
@@ -219,11 +220,15 @@ class ConflictResolver:
                 loser = new if winner is old else old
                 reason = (f"re-running both checks: {winner.id}'s still prints its value, "
                           f"{loser.id}'s does not ({reexecution[str(loser.id)]})")
-                return self._finish(ids, "re-execution", winner, loser, reason, [], reexecution)
+                return self._finish(context, ids, "re-execution", winner, loser, reason, [], reexecution)
         if self.lm is None:
             reason = "the claims disagree and there is no model to vote: both stay admitted"
-            return self._finish(ids, "unresolved", None, None, reason, [], reexecution)
-        said = await asyncio.gather(*(self._vote(old, new, source if same_task else None, v) for v in range(self.votes)))
+            return self._finish(context, ids, "unresolved", None, None, reason, [], reexecution)
+        cast = await asyncio.gather(*(self._vote(old, new, source if same_task else None, v) for v in range(self.votes)))
+        if all(failed for _, failed in cast):
+            reason = "the claims disagree and every vote failed (the model did not answer): both stay admitted"
+            return self._finish(context, ids, "unresolved", None, None, reason, [], reexecution)
+        said = [choice for choice, _ in cast]
         tally = Counter(s for s in said if s is not None)
         top = tally.most_common(1)
         if top and top[0][1] * 2 > self.votes:
@@ -233,10 +238,11 @@ class ConflictResolver:
             winner = old
             reason = f"no majority in {self.votes} independent votes ({dict(tally)}): the earlier claim {old.id} stands"
         loser = new if winner is old else old
-        return self._finish(ids, "vote", winner, loser, reason, list(said), reexecution)
+        return self._finish(context, ids, "vote", winner, loser, reason, list(said), reexecution)
 
-    async def _vote(self, old: Gist, new: Gist, source: str | None, vote: int) -> str | None:
-        """One vote: the id of the claim it found right, or None (not understood, or failed)."""
+    async def _vote(self, old: Gist, new: Gist, source: str | None, vote: int) -> tuple[str | None, bool]:
+        """One vote: (the id of the claim it found right, or None when the reply named
+        neither; whether the call failed)."""
         first, second = (old, new) if vote % 2 == 0 else (new, old)
         messages = prompts.conflict_messages(
             a=describe_claim(first), b=describe_claim(second),
@@ -247,21 +253,22 @@ class ConflictResolver:
         try:
             completion = await self.lm.complete(
                 messages, role="verifier", max_tokens=VOTE_MAX_TOKENS,
-                tags={"agent": "verifier", "task": new.provenance.task_id, "purpose": "conflict vote"},
+                tags={"agent": "verifier", "task": new.provenance.task_id, "purpose": "conflict vote",
+                      "prompt_tail": messages[-1]["content"][-500:]},
             )
         except LMError:
-            return None
+            return None, True
         choice = parse_vote(completion.text)
-        return None if choice is None else str((first if choice == "A" else second).id)
+        return (None if choice is None else str((first if choice == "A" else second).id)), False
 
     def _finish(
-        self, ids: list[str], method: str, winner: Gist | None, loser: Gist | None, reason: str,
+        self, context: SharedContext, ids: list[str], method: str, winner: Gist | None, loser: Gist | None, reason: str,
         votes: list[str | None], reexecution: dict[str, str],
     ) -> ConflictOutcome:
         failure_id: str | None = None
         if winner is not None and loser is not None:
             try:
-                _, failure = self.context.supersede(
+                _, failure = context.supersede(
                     str(loser.id), str(winner.id), note=f"conflict with {winner.id}: {reason}",
                     failure=self._failure(loser, winner, reason),
                 )

@@ -137,11 +137,12 @@ class Verifier:
         )
         self.spot_checks = SpotChecker(
             lm, self.docs, sample=spot_check_sample, min_agreement=spot_check_agreement,
-            votes=check_vote_count(votes), max_rules=max_label_rules, rules=label_rules(context),
+            votes=check_vote_count(votes), max_rules=max_label_rules,
+            rules=lambda: label_rules(self.context)(),  # the context this verifier writes now
             propose=lambda rule, source: self.verify(rule, source=source), trace=trace, stats=self.stats,
         )
         self.conflicts = ConflictResolver(
-            context, self.checks, lm=lm, votes=votes, trace=trace, stats=self.stats, enabled=resolve_conflicts,
+            self.checks, lm=lm, votes=votes, trace=trace, stats=self.stats, enabled=resolve_conflicts,
         )
         self._admit_lock = asyncio.Lock()
         self._admissions = 0  # admissions by this verifier (other processes: see docstring)
@@ -248,7 +249,7 @@ class Verifier:
                 self._admissions += 1
             self.stats.admitted += 1
             self._emit("gist_admitted", agent, task, gist_id=admitted.id, note=note, checks=checks)
-            conflicts = await self.conflicts.resolve(admitted, check_vars, source)
+            conflicts = await self.conflicts.resolve(self.context, admitted, check_vars, source)
             lost_to = next((c.winner for c in conflicts if c.loser == admitted.id), None)
             return Verdict(
                 status="admitted", id=admitted.id, admitted_id=lost_to or admitted.id, reason=note,

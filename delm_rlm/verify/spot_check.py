@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from delm_rlm import prompts
 from delm_rlm.classify import RulesSource, check_arguments, label_votes, majority
-from delm_rlm.errors import ConfigError
+from delm_rlm.errors import ConfigError, LMError
 from delm_rlm.gists import Gist, GistKind
 from delm_rlm.trace import Trace
 from delm_rlm.values import collapse_whitespace
@@ -188,7 +188,14 @@ class SpotChecker:
 
     async def check(self, gist: Gist, replays: Sequence[ReplayedLabels], source: str | None) -> SpotCheckReport:
         """Re-label a sample, settle the disputes, propose rules; the report, or a `Rejection`
-        (stage "labels", recorded, carrying the report) when settled agreement is too low."""
+        (stage "labels", recorded, carrying the report) when settled agreement is too low.
+        A failing model rejects without a record (it says nothing about the claim)."""
+        try:
+            return await self._check(gist, replays, source)
+        except LMError as exc:
+            raise Rejection("labels", f"the spot check's model failed ({exc}); propose again later", record=False) from exc
+
+    async def _check(self, gist: Gist, replays: Sequence[ReplayedLabels], source: str | None) -> SpotCheckReport:
         assert self.lm is not None  # applies() said so
         lm = self.lm
         drawn = draw_sample(gist, replays, self.sample)
