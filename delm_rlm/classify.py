@@ -9,7 +9,12 @@ for the items a batch reply left out or labelled with something not allowed.
 
 Every classification a run makes is kept in a `ClassificationLog`, so the verifier can replay
 an agent's code, `classify` calls included, without a model: the replay proves the counts
-follow from the labels the model gave; it cannot prove the labels right (the log says so).
+follow from the labels the model gave; it cannot prove the labels right (the log says so;
+the verifier's spot checks re-label a sample, `delm_rlm.verify.spot_check`).
+
+Two options buy label quality: `rules` (labelling rules every prompt shows, e.g. the team's
+admitted CONSTRAINT gists, so that agents label alike) and `votes` (k independent labellings
+per item, the majority kept; k = 1 by default).
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import random
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from delm_rlm import prompts
-from delm_rlm.errors import NotFound
+from delm_rlm.errors import ConfigError, NotFound
 from delm_rlm.state.protocol import ClassificationRecord, ClassificationRecords
 
 if TYPE_CHECKING:
@@ -32,6 +38,11 @@ if TYPE_CHECKING:
 DEFAULT_BATCH_ITEMS = 20
 DEFAULT_BATCH_CHARS = 2500
 ITEM_CHARS = 400  # an item longer than this is cut in the prompt (labels rarely need more)
+RULES_CHARS = 1500  # labelling rules shown in one prompt, at most (the first ones given win)
+
+# Labelling rules: a list of texts, or a function returning them when a call starts (rules
+# admitted while a run goes on reach the calls made after).
+RulesSource = Sequence[str] | Callable[[], Sequence[str]]
 
 _NUMBERED = re.compile(r"^\s*(?:item\s*)?#?(\d+)\s*[:.)\]-]\s*(.*?)\s*$", re.IGNORECASE)
 
@@ -106,7 +117,9 @@ def _item_text(item: str) -> str:
     return text if len(text) <= ITEM_CHARS else text[: ITEM_CHARS - 3] + "..."
 
 
-def _validate(items: Any, labels: Any, instruction: Any) -> tuple[list[str], list[str], str]:
+def check_arguments(items: Any, labels: Any, instruction: Any) -> tuple[list[str], list[str], str]:
+    """classify's arguments as it uses them (items as str, labels stripped, instruction
+    stripped); TypeError or ValueError saying what to pass."""
     if isinstance(items, str) or not isinstance(items, (list, tuple)):
         raise TypeError(
             "classify(items, labels) takes a list of texts as items, e.g. chunk.splitlines(); "
@@ -141,9 +154,17 @@ class ClassificationLog:
     Given a store (`state.protocol.ClassificationRecords`, e.g. the run's `RunStore`), every
     record is written through to it and the records already there are read back, so a
     resumed run, or a verifier in another process, replays what earlier agents got. Without
-    one it lives in this process only."""
+    one it lives in this process only.
 
-    def __init__(self, store: ClassificationRecords | None = None) -> None:
+    `rules` and `votes` are what every `classify` call recording here uses unless it passes
+    its own (see `classify`): the run's labelling rules and its k."""
+
+    def __init__(
+        self, store: ClassificationRecords | None = None, *, rules: RulesSource | None = None, votes: int = 1
+    ) -> None:
+        check_votes(votes)
+        self.rules = rules
+        self.votes = votes
         self._lock = threading.Lock()
         self._results: dict[str, list[str | None]] = {}
         self._store = store
@@ -171,7 +192,7 @@ class ClassificationLog:
 
     def replay(self, items: Any, labels: Any, instruction: str = "") -> list[str | None]:
         """The labels an agent's `classify` call got for exactly these arguments."""
-        item_list, label_list, text = _validate(items, labels, instruction)
+        item_list, label_list, text = check_arguments(items, labels, instruction)
         key = self.key(item_list, label_list, text)
         with self._lock:
             found = self._results.get(key)
@@ -195,6 +216,117 @@ class ClassificationLog:
             self._loaded = len(records)
 
 
+def check_votes(votes: Any) -> int:
+    """`votes` if it is a whole number >= 1; else ConfigError."""
+    if isinstance(votes, bool) or not isinstance(votes, int) or votes < 1:
+        raise ConfigError(f"votes (independent labellings per item) must be a whole number >= 1, got {votes!r}")
+    return votes
+
+
+def rules_now(rules: RulesSource | None, limit: int = RULES_CHARS) -> list[str]:
+    """The rules a call shows: read now (a function is called), blank ones dropped, whitespace
+    collapsed, and no more than fit in `limit` characters (earlier rules first)."""
+    given = rules() if callable(rules) else (rules or [])
+    shown: list[str] = []
+    used = 0
+    for rule in given:
+        text = " ".join(str(rule).split())
+        if not text:
+            continue
+        if used + len(text) > limit:
+            break
+        shown.append(text)
+        used += len(text)
+    return shown
+
+
+def majority(votes: Sequence[str | None], *, strict: bool = False) -> str | None:
+    """The label most votes gave (None votes do not count); a tie goes to the tied label that
+    came first in `votes`, i.e. the earliest labelling's. `strict`: only a label given by
+    more than half of all votes, else None. No label at all: None."""
+    counts: dict[str, int] = {}
+    for vote in votes:
+        if vote is not None:
+            counts[vote] = counts.get(vote, 0) + 1  # dicts keep first-seen order: the tie-break
+    if not counts:
+        return None
+    best = max(counts.values())
+    if strict and best * 2 <= len(votes):
+        return None
+    return next(label for label, n in counts.items() if n == best)
+
+
+def vote_order(n: int, vote: int) -> list[int]:
+    """The order labelling number `vote` (0-based) shows n items in: vote 0 keeps theirs;
+    later votes a shuffle fixed by (n, vote), so their batches hold other neighbours."""
+    order = list(range(n))
+    if vote:
+        random.Random(f"classify-vote-{n}-{vote}").shuffle(order)
+    return order
+
+
+async def label_votes(
+    lm: LM,
+    items: Sequence[str],
+    labels: Sequence[str],
+    instruction: str = "",
+    *,
+    votes: int = 1,
+    first_vote: int = 0,
+    role: str = "sub",
+    tags: dict[str, Any] | None = None,
+    rules: RulesSource | None = None,
+    batch_items: int = DEFAULT_BATCH_ITEMS,
+    batch_chars: int = DEFAULT_BATCH_CHARS,
+) -> list[list[str | None]]:
+    """`votes` labellings of `items` (already checked by `check_arguments`), one list per
+    labelling. Labelling v (counted from `first_vote`) is a full pass: numbered batches, then
+    one item at a time for what a batch missed. From v = 1 on, the items come in another
+    order (`vote_order`) and the prompt says which labelling it is: at temperature 0 the same
+    prompt gets the same reply (and the response cache would serve it), so a vote must be a
+    different prompt to be a vote at all."""
+    if batch_items < 1 or batch_chars < 1:
+        raise ConfigError("batch_items and batch_chars must be >= 1")
+    label_text = "; ".join(labels)
+    shown_rules = rules_now(rules)
+    rules_text = prompts.CLASSIFY_RULES.format(rules="\n".join(f"- {r}" for r in shown_rules)) if shown_rules else ""
+    tag_base = dict(tags or {})
+    n = len(items)
+
+    async def one_pass(vote: int) -> list[str | None]:
+        results: list[str | None] = [None] * n
+        marker = prompts.CLASSIFY_VOTE.format(vote=vote + 1, votes=first_vote + votes) if vote else ""
+        guide = f"{instruction}\n" if instruction else ""
+        guide += rules_text + marker
+
+        async def ask(prompt: str) -> str:
+            call_tags = {**tag_base, "prompt_tail": prompt[-500:], **({"vote": vote + 1} if vote else {})}
+            return (await lm.complete(prompt, role=role, tags=call_tags)).text
+
+        async def run_batch(indices: list[int]) -> None:
+            numbered = "\n".join(f"{k}. {_item_text(items[i])}" for k, i in enumerate(indices, start=1))
+            prompt = prompts.CLASSIFY_BATCH.format(labels=label_text, instruction=guide, n=len(indices), items=numbered)
+            got = parse_numbered_labels(await ask(prompt), len(indices), labels)
+            for k, i in enumerate(indices):
+                results[i] = got[k]
+
+        async def run_one(i: int) -> None:
+            prompt = prompts.CLASSIFY_ONE.format(labels=label_text, instruction=guide, item=_item_text(items[i]))
+            reply = await ask(prompt)
+            results[i] = match_label(reply.strip().splitlines()[0] if reply.strip() else "", labels)
+
+        order = vote_order(n, vote)
+        shown = [items[i] for i in order]
+        batches = [[order[k] for k in b] for b in batch_indices(shown, batch_items, batch_chars)]
+        await asyncio.gather(*(run_batch(b) for b in batches))
+        missing = [i for i in order if results[i] is None]
+        if missing:
+            await asyncio.gather(*(run_one(i) for i in missing))
+        return results
+
+    return list(await asyncio.gather(*(one_pass(first_vote + v) for v in range(votes))))
+
+
 async def classify(
     lm: LM,
     items: Any,
@@ -206,43 +338,27 @@ async def classify(
     batch_items: int = DEFAULT_BATCH_ITEMS,
     batch_chars: int = DEFAULT_BATCH_CHARS,
     log: ClassificationLog | None = None,
+    rules: RulesSource | None = None,
+    votes: int | None = None,
 ) -> list[str | None]:
     """One allowed label per item (None where the model gave none of them twice).
 
     `instruction` says what the labels mean ("the kind of answer each question asks for").
     Batches run concurrently (the gateway's concurrency limit applies); budgets and usage
-    count every call, as for llm_query."""
-    item_list, label_list, text = _validate(items, labels, instruction)
-    if batch_items < 1 or batch_chars < 1:
-        raise ValueError("batch_items and batch_chars must be >= 1")
-    results: list[str | None] = [None] * len(item_list)
-    label_text = "; ".join(label_list)
-    tag_base = dict(tags or {})
+    count every call, as for llm_query.
 
-    async def ask(prompt: str) -> str:
-        completion = await lm.complete(prompt, role=role, tags={**tag_base, "prompt_tail": prompt[-500:]})
-        return completion.text
-
-    async def run_batch(indices: list[int]) -> None:
-        numbered = "\n".join(f"{k}. {_item_text(item_list[i])}" for k, i in enumerate(indices, start=1))
-        prompt = prompts.CLASSIFY_BATCH.format(
-            labels=label_text, instruction=f"{text}\n" if text else "", n=len(indices), items=numbered
-        )
-        got = parse_numbered_labels(await ask(prompt), len(indices), label_list)
-        for k, i in enumerate(indices):
-            results[i] = got[k]
-
-    async def run_one(i: int) -> None:
-        prompt = prompts.CLASSIFY_ONE.format(
-            labels=label_text, instruction=f"{text}\n" if text else "", item=_item_text(item_list[i])
-        )
-        reply = await ask(prompt)
-        results[i] = match_label(reply.strip().splitlines()[0] if reply.strip() else "", label_list)
-
-    await asyncio.gather(*(run_batch(b) for b in batch_indices(item_list, batch_items, batch_chars)))
-    missing = [i for i, label in enumerate(results) if label is None]
-    if missing:
-        await asyncio.gather(*(run_one(i) for i in missing))
+    `rules`: labelling rules every prompt shows (None: the log's); `votes`: k labellings per
+    item, each item keeping the label most of them gave, a tie going to the earliest
+    labelling's label among the tied (None: the log's k, else 1). k labellings cost k times
+    the calls, all counted under `role`. The log records the labels kept."""
+    item_list, label_list, text = check_arguments(items, labels, instruction)
+    k = check_votes(votes if votes is not None else (log.votes if log is not None else 1))
+    shown_rules = rules if rules is not None else (log.rules if log is not None else None)
+    passes = await label_votes(
+        lm, item_list, label_list, text, votes=k, role=role, tags=tags, rules=shown_rules,
+        batch_items=batch_items, batch_chars=batch_chars,
+    )
+    results = [majority([p[i] for p in passes]) for i in range(len(item_list))]
     if log is not None:
         log.record(item_list, label_list, text, results)
     return results

@@ -3,7 +3,9 @@
 A gist is what every agent's prompt shows (`text`, at most 300 characters), backed by a
 longer grounded `summary` and by evidence pointers (a quoted span of a corpus document, or
 code and its output) that `SharedContext.unfold` reads on demand. Agents propose gists as
-PENDING; only the verifier moves them to ADMITTED, REJECTED or MERGED.
+PENDING; only the verifier moves them to ADMITTED, REJECTED or MERGED, and an ADMITTED gist
+that lost a conflict with another (two claims about one thing that disagree) to SUPERSEDED,
+pointing at the winner (`superseded_by`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class GistStatus(str, Enum):
     ADMITTED = "admitted"
     REJECTED = "rejected"
     MERGED = "merged"
+    SUPERSEDED = "superseded"  # admitted, then lost a conflict: `superseded_by` names the winner
 
 
 class QuoteEvidence(BaseModel):
@@ -133,6 +136,7 @@ class Gist(BaseModel):
     note: str | None = Field(default=None, description="the verifier's note")
     merged_into: str | None = None
     support: int = Field(default=1, ge=1, description="how many proposals this gist stands for")
+    superseded_by: str | None = Field(default=None, description="the gist that won a conflict with this one")
 
     @field_validator("kind", mode="before")
     @classmethod
@@ -181,6 +185,16 @@ class Gist(BaseModel):
             raise ValueError("merged_into is only set on MERGED gists")
         if self.merged_into is not None and self.merged_into == self.id:
             raise ValueError(f"gist {self.id} cannot be merged into itself")
+        return self
+
+    @model_validator(mode="after")
+    def _supersede_consistent(self) -> Gist:
+        if self.superseded_by is not None and not re.fullmatch(r"g[1-9]\d*", self.superseded_by):
+            raise ValueError(f"gist ids look like 'g1', 'g2', ...; got {self.superseded_by!r}")
+        if (self.status == GistStatus.SUPERSEDED) != (self.superseded_by is not None):
+            raise ValueError("a SUPERSEDED gist names the gist that won (superseded_by), and only it does")
+        if self.superseded_by is not None and self.superseded_by == self.id:
+            raise ValueError(f"gist {self.id} cannot be superseded by itself")
         return self
 
     def label(self) -> str:

@@ -34,6 +34,10 @@ EVENT_KINDS: dict[str, str] = {
     "gist_admitted": "gist_id, note, checks (list of check names that ran)",
     "gist_rejected": "gist_id, reason, failure_gist_id",
     "gist_merged": "gist_id, into",
+    "labels_checked": "gist_id, sample, given, relabelled, labels, agreement, settled_agreement, "
+                      "min_agreement, passed, disputes, rule_ids (a spot check of model-given labels)",
+    "conflict_resolved": "gist_ids, method (re-execution / vote / unresolved), winner, loser, reason, "
+                         "votes, reexecution, failure_gist_id",
     "finalize": "answer, gist_ids",
     "budget_exceeded": "limit, used, allowed",
     "error": "message",

@@ -4,7 +4,7 @@ Agents see it through `prompt_view` (admitted gists that fit a token budget, hig
 kinds first, one "[g3 FACT] text" line each) and `unfold` (summary, then raw evidence read
 back from the corpus by pointer). The verifier writes it through `add_pending`, `admit`,
 `reject` (optionally recording a FAILURE gist in the same transaction), `merge`,
-`add_support` and `record`, and asks `find_duplicate` before admitting. It reads and writes
+`add_support`, `record` and `supersede` (a conflict's loser), and asks `find_duplicate` before admitting. It reads and writes
 the store only through `state.protocol.RunState`.
 
 Token counts in the prompt view are estimated as ceil(characters / 4): close enough for
@@ -57,7 +57,8 @@ class SharedContext:
     def add_pending(self, gist: Gist) -> Gist:
         """Store a proposed gist as PENDING (any id/status/note it carries is ignored)."""
         fresh = gist.model_copy(
-            update={"id": None, "status": GistStatus.PENDING, "note": None, "merged_into": None}
+            update={"id": None, "status": GistStatus.PENDING, "note": None, "merged_into": None,
+                    "superseded_by": None}
         )
         return self.store.add_gist(Gist.model_validate(fresh.model_dump()))
 
@@ -125,6 +126,25 @@ class SharedContext:
                 )
             return tx.update_gist(gist_id, support=gist.support + n)
 
+    def supersede(self, gist_id: str, winner: str, note: str, failure: Gist | None = None) -> tuple[Gist, Gist | None]:
+        """ADMITTED -> SUPERSEDED: `gist_id` lost a conflict with the ADMITTED gist `winner`,
+        which it now points at; `failure` (a FAILURE gist saying why) is recorded as ADMITTED
+        in the same transaction. Nothing is deleted: the loser stays readable by id."""
+        if gist_id == winner:
+            raise ConfigError(f"{gist_id} cannot be superseded by itself")
+        if not note or not note.strip():
+            raise ConfigError("superseding a gist needs a note saying why (agents read it)")
+        if failure is not None and failure.kind != GistKind.FAILURE:
+            raise ConfigError(f"the failure record must be a FAILURE gist, not {failure.kind.name}")
+        with self.store.transaction() as tx:
+            for gid in (gist_id, winner):
+                status = tx.get_gist(gid).status
+                if status != GistStatus.ADMITTED:
+                    raise ConfigError(f"only ADMITTED gists take part in a conflict; {gid} is {status.value}")
+            loser = tx.update_gist(gist_id, status=GistStatus.SUPERSEDED, superseded_by=winner, note=note.strip())
+            recorded = tx.add_gist(self._as_admitted(failure, note=f"conflict lost by {gist_id}")) if failure else None
+        return loser, recorded
+
     def record(self, gist: Gist, note: str | None = None) -> Gist:
         """Add a gist directly as ADMITTED: for what the system itself knows to be true
         (e.g. a FAILURE gist about a rejection, a CONSTRAINT from the run's config)."""
@@ -133,7 +153,7 @@ class SharedContext:
     @staticmethod
     def _as_admitted(gist: Gist, note: str | None) -> Gist:
         data = gist.model_dump()
-        data.update(id=None, status=GistStatus.ADMITTED, note=note, merged_into=None)
+        data.update(id=None, status=GistStatus.ADMITTED, note=note, merged_into=None, superseded_by=None)
         return Gist.model_validate(data)
 
     @staticmethod
@@ -233,7 +253,9 @@ class SharedContext:
         head = gist.label()
         if gist.status != GistStatus.ADMITTED:
             head += f"  (status: {gist.status.value}"
-            head += f", merged into {gist.merged_into})" if gist.merged_into else ")"
+            head += f", merged into {gist.merged_into})" if gist.merged_into else ""
+            head += f", superseded by {gist.superseded_by})" if gist.superseded_by else ""
+            head += "" if gist.merged_into or gist.superseded_by else ")"
         if level == 0:
             return head
         if level == 1:

@@ -60,7 +60,7 @@ from delm_rlm.team.rundir import (
     usage_from_trace,
 )
 from delm_rlm.trace import Trace, TraceSubscriber, observe_model_calls
-from delm_rlm.verify import Verifier, named_labels
+from delm_rlm.verify import Verifier, label_rules, named_labels
 from sandbox import SandboxSpec, check_sandbox_spec, sandbox_factory
 
 # mode -> the role its agents work in; a new mode is a new Role subclass named here.
@@ -273,7 +273,8 @@ class Team:
         context = SharedContext(store, docs)
         queue = TaskQueue(store, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, trace=trace)
         make_sandbox = sandbox_factory(self.sandbox, isolation=cfg.isolation)
-        classifications = ClassificationLog(store)
+        # Every agent's classify() shows the run's admitted labelling rules (CONSTRAINT gists).
+        classifications = ClassificationLog(store, rules=label_rules(context))
         verifier = Verifier(
             context, docs, lm=run_lm, replay_tools={"classify": classifications.replay},
             sandbox_factory=make_sandbox if role_class.runs_code else None,

@@ -1,25 +1,47 @@
 """The admission gate: form, quotes, code checks re-run in a fresh sandbox, the model judge.
 
 `Verifier` (in `gate`) runs the stages in order; each stage lives in its own module beside
-it: `form`, `empty_result`, `quotes`, `code_check`, `judge`; `verdict` holds what the gate
+it: `form`, `empty_result`, `quotes`, `code_check`, `spot_check` (labels), `judge`,
+`conflicts`; `label_rules` holds the shared labelling rules; `verdict` holds what the gate
 answers. Values are compared by the one rule in `delm_rlm.values`."""
 
 from delm_rlm.verify.code_check import CheckRunner
+from delm_rlm.verify.conflicts import ConflictResolver, about_the_same, claim_subject
 from delm_rlm.verify.empty_result import empty_result_reason, named_labels
 from delm_rlm.verify.gate import Verifier
 from delm_rlm.verify.judge import neutralize, parse_judge_reply
+from delm_rlm.verify.label_rules import label_rules, rule_gist
 from delm_rlm.verify.quotes import check_quote
-from delm_rlm.verify.verdict import Verdict, VerdictStatus, VerificationStats
+from delm_rlm.verify.spot_check import DEFAULT_SPOT_CHECK_SAMPLE, ReplayWatcher, SpotChecker
+from delm_rlm.verify.verdict import (
+    ConflictOutcome,
+    LabelDispute,
+    SpotCheckReport,
+    Verdict,
+    VerdictStatus,
+    VerificationStats,
+)
 
 __all__ = [
+    "DEFAULT_SPOT_CHECK_SAMPLE",
     "CheckRunner",
+    "ConflictOutcome",
+    "ConflictResolver",
+    "LabelDispute",
+    "ReplayWatcher",
+    "SpotCheckReport",
+    "SpotChecker",
     "Verdict",
     "VerdictStatus",
     "VerificationStats",
     "Verifier",
+    "about_the_same",
     "check_quote",
+    "claim_subject",
     "empty_result_reason",
+    "label_rules",
     "named_labels",
     "neutralize",
     "parse_judge_reply",
+    "rule_gist",
 ]

@@ -16,9 +16,15 @@ order, cheapest first; it is ADMITTED only if every applicable stage passes:
    corpus and nothing of the proposer, each check in a fresh namespace. The printed output
    must state the claimed value (`delm_rlm.values.compare_printed`); the output is stored on
    the admitted gist as `CodeEvidence`.
+   When the check replayed `classify`, the labels stage (`verify.spot_check`) re-labels a
+   sample of those items independently and rejects the claim when they disagree too much;
+   decided disagreements become labelling rules (`verify.label_rules`).
 4. judge (`verify.judge`): claims that carry no check (FACT, PARTIAL, CONSTRAINT) go to the
    model (role "verifier"), which answers one line: `ADMIT: why` or `REJECT: why`.
    Anything but a clear ADMIT is a rejection.
+5. conflicts (`verify.conflicts`), after admission: an admitted claim about the same thing
+   with another value is settled by re-running both checks or by votes; the loser becomes
+   SUPERSEDED.
 
 A rejection at the empty, quote, code or judge stage records an admitted FAILURE gist
 (what was claimed, why it failed, the check's output) in the same transaction, so no agent
@@ -50,10 +56,13 @@ from delm_rlm.state.context import SharedContext
 from delm_rlm.trace import Trace
 from delm_rlm.values import collapse_whitespace
 from delm_rlm.verify.code_check import CHECK_TIMEOUT_SECONDS, CheckRunner
+from delm_rlm.verify.conflicts import DEFAULT_VOTES, ConflictResolver, check_vote_count
 from delm_rlm.verify.empty_result import check_empty_result
 from delm_rlm.verify.form import CLAIM_KINDS, MAX_SUMMARY_CHARS, check_form
 from delm_rlm.verify.judge import JUDGE_SOURCE_CHARS, judge_claim
+from delm_rlm.verify.label_rules import label_rules
 from delm_rlm.verify.quotes import QUOTE_SLACK_CHARS, check_quote
+from delm_rlm.verify.spot_check import DEFAULT_MAX_RULES, DEFAULT_MIN_AGREEMENT, ReplayWatcher, SpotChecker
 from delm_rlm.verify.verdict import Rejection, Verdict, VerificationStats
 
 if TYPE_CHECKING:
@@ -74,6 +83,13 @@ class Verifier:
     claims on their quotes alone, for benchmarks and for users who accept that);
     `replay_tools` are host functions a check may call (see `CheckRunner`); `label_hint`
     the labels the question or corpus names, for the empty-result hint.
+
+    Labels and conflicts: `spot_check_sample` items of a claim resting on `classify` are
+    re-labelled by `lm` (0, the default: no spot checks; 8 is `DEFAULT_SPOT_CHECK_SAMPLE`);
+    `spot_check_agreement` (0.75) is the settled agreement a claim needs; `max_label_rules`
+    (3) rules one spot check may propose; `votes` (3, odd) independent verifier calls settle
+    each label dispute and each conflict; `resolve_conflicts` (True) looks for conflicts
+    after every admission.
     """
 
     def __init__(
@@ -92,6 +108,11 @@ class Verifier:
         judge_source_chars: int = JUDGE_SOURCE_CHARS,
         replay_tools: Mapping[str, Callable[..., Any]] | None = None,
         label_hint: Sequence[str] = (),
+        spot_check_sample: int = 0,
+        spot_check_agreement: float = DEFAULT_MIN_AGREEMENT,
+        max_label_rules: int = DEFAULT_MAX_RULES,
+        votes: int = DEFAULT_VOTES,
+        resolve_conflicts: bool = True,
     ) -> None:
         if quote_slack < 0:
             raise ConfigError(f"quote_slack must be >= 0 characters, got {quote_slack!r}")
@@ -111,11 +132,25 @@ class Verifier:
             sandbox_factory,
             corpus_value if corpus_value is not None else self.docs,
             timeout=check_timeout,
-            replay_tools=replay_tools,
+            replay_tools=self._watch_replays(replay_tools),
             stats=self.stats,
+        )
+        self.spot_checks = SpotChecker(
+            lm, self.docs, sample=spot_check_sample, min_agreement=spot_check_agreement,
+            votes=check_vote_count(votes), max_rules=max_label_rules,
+            rules=lambda: label_rules(self.context)(),  # the context this verifier writes now
+            propose=lambda rule, source: self.verify(rule, source=source), trace=trace, stats=self.stats,
+        )
+        self.conflicts = ConflictResolver(
+            self.checks, lm=lm, votes=votes, trace=trace, stats=self.stats, enabled=resolve_conflicts,
         )
         self._admit_lock = asyncio.Lock()
         self._admissions = 0  # admissions by this verifier (other processes: see docstring)
+
+    def _watch_replays(self, replay_tools: Mapping[str, Callable[..., Any]] | None) -> dict[str, Callable[..., Any]]:
+        """The replay tools with `classify` watched, so the labels stage sees what a check replayed."""
+        self.replays = ReplayWatcher()
+        return self.replays.wrap(replay_tools)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -151,6 +186,7 @@ class Verifier:
         task = gist.provenance.task_id
         checks: list[str] = []
         pending: Gist | None = None
+        replay_mark = self.replays.mark()
         try:
             # 1. form (before storing: a malformed proposal is an input error, not a claim)
             with self._stage("form", checks):
@@ -177,10 +213,15 @@ class Verifier:
             # 3. code check
             added: list[CodeEvidence] = []
             output: str | None = None
+            spot = None
             if gist.check is not None:
                 with self._stage("code", checks):
                     output = await self.checks.run(gist, check_vars or {})
                 added.append(CodeEvidence(code=gist.check, output=output[:MAX_OUTPUT_KEPT]))
+                replayed = self.replays.since(replay_mark, source)
+                if self.spot_checks.applies(pending, replayed):
+                    with self._stage("labels", checks):
+                        spot = await self.spot_checks.check(pending, replayed, source)
 
             # 4. judge, for claims nothing above could check
             note = "verified: " + ", ".join(checks[1:]) if len(checks) > 1 else "form only"
@@ -208,9 +249,11 @@ class Verifier:
                 self._admissions += 1
             self.stats.admitted += 1
             self._emit("gist_admitted", agent, task, gist_id=admitted.id, note=note, checks=checks)
+            conflicts = await self.conflicts.resolve(self.context, admitted, check_vars, source)
+            lost_to = next((c.winner for c in conflicts if c.loser == admitted.id), None)
             return Verdict(
-                status="admitted", id=admitted.id, admitted_id=admitted.id, reason=note,
-                checks=checks, output=output,
+                status="admitted", id=admitted.id, admitted_id=lost_to or admitted.id, reason=note,
+                checks=checks, output=output, spot_check=spot, conflicts=conflicts, superseded_by=lost_to,
             )
         except Rejection as rej:
             return self._reject(gist, pending, rej, checks)
@@ -271,7 +314,7 @@ class Verifier:
         )
         return Verdict(
             status="rejected", id=pending.id, reason=rej.reason, stage=rej.stage, checks=checks,
-            output=rej.output, failure_gist_id=failure_id,
+            output=rej.output, failure_gist_id=failure_id, spot_check=rej.spot_check,
         )
 
     def _emit(self, kind: str, agent: str | None, task: str | None, **data: Any) -> None:
