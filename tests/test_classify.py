@@ -189,7 +189,8 @@ async def test_a_team_agent_that_classifies_lines_is_verified_by_replay(tmp_path
             return Labeller()(messages, role)
         return AGENT_CODE
 
-    result = await Team(ScriptedLM(script), agents=2, run_dir=tmp_path / "run").run(QUESTION, DOCS)
+    # Spot checks off: this test is about the replay alone (tests/test_labels.py covers them).
+    result = await Team(ScriptedLM(script), agents=2, spot_check_sample=0, run_dir=tmp_path / "run").run(QUESTION, DOCS)
     assert result.status == "answered", result.error
     expected = Counter(g for _, g in QUESTIONS)
     assert result.answer == f"Label: {expected.most_common(1)[0][0]}"

@@ -44,6 +44,14 @@ class TeamConfig(BaseModel):
     max_finalize_rounds: int = Field(default=3, ge=1)
     max_plan_tasks: int = Field(default=16, ge=1)
     max_added_tasks: int = Field(default=32, ge=0)
+    # Model-given labels (issue 14): a partial resting on classify() is spot-checked on this
+    # many of its items by the verifier role (0: off); below the agreement it is rejected.
+    spot_check_sample: int = Field(default=8, ge=0)
+    spot_check_agreement: float = Field(default=0.75, ge=0.0, le=1.0)
+    max_label_rules: int = Field(default=3, ge=0)
+    votes: int = Field(default=3, ge=1)
+    resolve_conflicts: bool = True
+    classify_votes: int = Field(default=1, ge=1)
     budget: Budget | None = None
 
     @model_validator(mode="after")

@@ -114,7 +114,7 @@ class HybridRole(Role):
 
         outcome = await self._rlm().loop(
             TaskSandbox(sb, setup).as_sandbox(), question=message, context_description=run.description,
-            extra_tools_doc=prompts.TEAM_TOOLS_DOC, lm=run.lm, agent_id=state.agent_id,
+            extra_tools_doc=prompts.TEAM_TOOLS_DOC + "\n" + prompts.LABEL_RULES_TOOLS_DOC, lm=run.lm, agent_id=state.agent_id,
             task_id=task.id, role="root", trace=run.trace, accept=accept,
         )
         if outcome.status == "budget" and outcome.exceeded is not None:

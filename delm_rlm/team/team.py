@@ -102,6 +102,16 @@ class Team:
     max_finalize_rounds (3): finalization rounds (each may add tasks) before the last.
     max_plan_tasks (16): the most subtasks a model plan may have.
     max_added_tasks (32): the most tasks a run's agents and finalizer may add.
+    spot_check_sample (8): items of a partial resting on `classify` labels that the verifier
+        re-labels independently (role "verifier"; 0: no spot checks).
+    spot_check_agreement (0.75): the least agreement with the spot check a partial needs.
+    max_label_rules (3): labelling rules (CONSTRAINT gists) one spot check may record.
+    votes (3): independent verifier calls (odd) that settle a disputed label or a conflict
+        between two unchecked claims.
+    resolve_conflicts (True): settle two admitted claims about one thing that disagree
+        (re-execution, else a vote); the loser is superseded.
+    classify_votes (1): labellings of each item by `classify`, the majority kept (k > 1 buys
+        accuracy with calls).
     budget (None): a `Budget` for the whole team (one gateway session); exceeding it ends
         the run with status "budget" and the best partial answer.
 
@@ -274,12 +284,14 @@ class Team:
         queue = TaskQueue(store, lease_s=cfg.lease_s, max_attempts=cfg.max_attempts, trace=trace)
         make_sandbox = sandbox_factory(self.sandbox, isolation=cfg.isolation)
         # Every agent's classify() shows the run's admitted labelling rules (CONSTRAINT gists).
-        classifications = ClassificationLog(store, rules=label_rules(context))
+        classifications = ClassificationLog(store, rules=label_rules(context), votes=cfg.classify_votes)
         verifier = Verifier(
             context, docs, lm=run_lm, replay_tools={"classify": classifications.replay},
             sandbox_factory=make_sandbox if role_class.runs_code else None,
             corpus_value=corpus.value, trace=trace, judge=cfg.judge,
             check_timeout=cfg.check_timeout, require_check_for_values=role_class.runs_code,
+            spot_check_sample=cfg.spot_check_sample, spot_check_agreement=cfg.spot_check_agreement,
+            max_label_rules=cfg.max_label_rules, votes=cfg.votes, resolve_conflicts=cfg.resolve_conflicts,
             # The question's labels, else the ones the corpus's opening names (OOLONG windows
             # list their categories in the first line, not in every question).
             label_hint=named_labels(question) or named_labels(docs[0][:4000] if docs else ""),
