@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 VerdictStatus = Literal["admitted", "rejected", "merged"]
 
 # The timed stages, in the order a proposal meets them.
-STAGES = ("form", "quotes", "code", "judge")
+STAGES = ("form", "quotes", "support", "code", "judge")
 
 
 class Verdict(BaseModel):
