@@ -145,7 +145,7 @@ def locate_anchors(text: str, points: Any, offset: int, doc: int, docs: Sequence
                 end = start + max(1, text[start:end].rfind(" "))
             exact = text[start:end]
             anchor = Anchor(point=point, quote=exact, doc=doc, start=offset + start, end=offset + end,
-                            mapped=" ".join(quote.split()).casefold() != " ".join(exact.split()).casefold())
+                            mapped=" ".join(quote.split()) != " ".join(exact.split()))
             problem = check_quote(anchor.evidence(), docs)
             if problem is not None:
                 problems.append(f"point {n}: {problem}")

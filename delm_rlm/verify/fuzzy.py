@@ -9,8 +9,8 @@ The rule, deterministic: both texts are case-folded with whitespace collapsed an
 quotes made straight; similarity is difflib's ratio (2 * matched characters / total
 characters) of the quote against candidate spans of the source; a quote is mapped when the
 best span's similarity is at least FUZZY_QUOTE_THRESHOLD (0.85). Candidate spans are word
-windows of the quote's length (+-2 words) starting where the most quote words occur, so a
-search over a whole chunk costs one pass over its words and a few dozen ratios.
+windows of half to all the quote's words (+2) starting where the most quote words occur, so
+a search over a whole chunk costs one pass over its words and about a hundred ratios.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import NamedTuple
 FUZZY_QUOTE_THRESHOLD = 0.85
 # Window starts (best word overlap first) whose spans are compared character by character.
 CANDIDATE_STARTS = 8
-# Window lengths tried around the quote's own number of words.
+# Words a window may have beyond the quote's own number.
 LENGTH_SLACK_WORDS = 2
 
 _WORD = re.compile(r"\S+")
@@ -56,26 +56,32 @@ def closest_span(text: str, quote: str, lo: int = 0, hi: int | None = None) -> S
     wanted = [_token(w) for w in _WORD.findall(quote)]
     if not words or not wanted:
         return None
-    size = min(len(wanted), len(words))
+    size = len(wanted)
     need = Counter(wanted)
     have: Counter[str] = Counter()
     overlap = 0
-    scores: list[tuple[int, int]] = []  # (-overlap, start index)
-    for i, (_, _, tok) in enumerate(words):
+
+    def add(tok: str, step: int) -> None:
+        nonlocal overlap
+        if step < 0:
+            have[tok] -= 1
         if have[tok] < need[tok]:
-            overlap += 1
-        have[tok] += 1
-        if i >= size:
-            gone = words[i - size][2]
-            have[gone] -= 1
-            if have[gone] < need[gone]:
-                overlap -= 1
-        if i >= size - 1:
-            scores.append((-overlap, i - size + 1))
+            overlap += step
+        if step > 0:
+            have[tok] += 1
+
+    for _, _, tok in words[:size]:
+        add(tok, 1)
+    scores: list[tuple[int, int]] = [(-overlap, 0)]  # (-overlap of words[i:i+size], i)
+    for i in range(1, len(words)):
+        add(words[i - 1][2], -1)
+        if i + size - 1 < len(words):
+            add(words[i + size - 1][2], 1)
+        scores.append((-overlap, i))
     target = fold(quote)
     best: SpanMatch | None = None
     for _, first in sorted(scores)[:CANDIDATE_STARTS]:
-        for length in range(max(1, size - LENGTH_SLACK_WORDS), size + LENGTH_SLACK_WORDS + 1):
+        for length in range(max(1, min(size // 2, len(words) - first)), size + LENGTH_SLACK_WORDS + 1):
             last = first + length - 1
             if last >= len(words):
                 break
