@@ -310,3 +310,28 @@ async def test_hybrid_reading_agents_read_in_their_repl_and_share_the_same_gists
     assert any(e.kind == "code_cell" and "read_summary()" in e.data["code"] for e in result.trace)
     assert "read_summary()" in seen[0]  # the reading system prompt, not the counting one
     assert not any(t in text for text in seen for t in COUNTING_TEMPLATES)
+
+
+async def test_a_task_the_finalizer_adds_reads_the_anchors_related_to_its_goal(tmp_path: Path) -> None:
+    """A finalizer-added task has no chunk: it reads the run's anchors most related to its
+    goal (here the deposit), and its gist is verified like any other."""
+    script = DelmReaders()
+    finals = [json.dumps({"tasks": ["What do the documents say about the deposit?"]})]
+
+    def with_a_question(messages: list[dict], role: str) -> str:
+        if role == "finalizer" and finals:
+            return finals.pop(0)
+        if role == "root" and "deposit?" in messages[-1]["content"]:
+            points = points_of(messages[-1]["content"])
+            aid, point = next((a, p) for a, p in points if "deposit" in p)
+            return json.dumps({"gist": f"{point} [{aid}]", "anchors": [aid]})
+        return script(messages, role)
+
+    result = await Team(ScriptedLM(with_a_question), agents=1, mode="delm", run_dir=tmp_path).run(QUESTION, DOCS)
+    assert result.status == "answered", result.error
+    store = RunStore(result.store_path)
+    added = next(t for t in TaskQueue(store).all() if t.created_by == "a1")
+    assert added.goal == "What do the documents say about the deposit?" and added.state.value == "done"
+    gist = next(g for g in store.list_gists(status="admitted", kinds="partial") if g.provenance.task_id == added.id)
+    assert "deposit" in gist.text and "most related to this task" in (gist.summary or "")
+    assert all(DOCS[ev.doc][ev.start:ev.end] == ev.quote for ev in gist.evidence)
