@@ -335,3 +335,18 @@ async def test_a_task_the_finalizer_adds_reads_the_anchors_related_to_its_goal(t
     gist = next(g for g in store.list_gists(status="admitted", kinds="partial") if g.provenance.task_id == added.id)
     assert "deposit" in gist.text and "most related to this task" in (gist.summary or "")
     assert all(DOCS[ev.doc][ev.start:ev.end] == ev.quote for ev in gist.evidence)
+
+
+async def test_a_model_plan_on_the_reading_path_reads_the_corpus_before_its_tasks(tmp_path: Path) -> None:
+    script = DelmReaders()
+
+    def planned(messages: list[dict], role: str) -> str:
+        if messages[0]["content"].startswith("Split a question"):
+            return "1. Find the notice period the amendment sets."
+        return script(messages, role)
+
+    result = await Team(ScriptedLM(planned), agents=1, mode="delm", plan="model", run_dir=tmp_path).run(QUESTION, DOCS)
+    assert result.status == "answered", result.error
+    assert result.answer == "The correct answer is (B)"
+    readers = [e for e in result.trace if e.kind == "model_call" and e.data["role"] == "reader"]
+    assert len(readers) == len(DOCS)  # each document's chunk read once, for the one planned task

@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from delm_rlm import prompts
+from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, Chunk, split_corpus
 from delm_rlm.gists import MAX_TEXT_CHARS, Gist, GistKind
 from delm_rlm.state.context import SharedContext
 from delm_rlm.state.queue import Task
@@ -167,9 +168,16 @@ class ReadingSteps:
     async def summary_for(self, task: Task, state: AgentState) -> ChunkSummary:
         """The grounded summary the task reads: its chunk's (made once per run, a summary
         with rejected slices made again on a retry), or the anchors most related to its goal."""
-        run, chunk = self.run, state.chunk
-        if chunk is None:
-            return self.retrieved(f"{task.goal} {run.question}")
+        run = self.run
+        if state.chunk is not None:
+            return await self.chunk_summary(state.chunk, state.agent_id, task.id)
+        if not self.summaries:  # nothing read yet (a model plan): read the corpus's chunks first
+            for part in self.corpus_chunks():
+                await self.chunk_summary(part, state.agent_id, task.id)
+        return self.retrieved(f"{task.goal} {run.question}")
+
+    async def chunk_summary(self, chunk: Chunk, agent: str, task_id: str) -> ChunkSummary:
+        run = self.run
         key = (chunk.doc, chunk.start, chunk.end)
         async with self._locks.setdefault(key, asyncio.Lock()):
             known = self.summaries.get(key)
@@ -177,10 +185,18 @@ class ReadingSteps:
                 return known
             summary = await summarize_chunk(
                 run.lm, run.docs, chunk.doc, chunk.start, chunk.end, cache=self.cache, trace=run.trace,
-                tags={"agent": state.agent_id, "task": task.id}, where=run.chunk_desc(chunk),
+                tags={"agent": agent, "task": task_id}, where=run.chunk_desc(chunk),
             )
             self.summaries[key] = summary
             return summary
+
+    def corpus_chunks(self) -> list[Chunk]:
+        """The corpus split as the planner splits it (the run's chunk size)."""
+        cfg, run = self.run.config, self.run
+        if cfg.chunk_tokens is not None:
+            return split_corpus(run.docs, size=cfg.chunk_tokens, unit="tokens", by=cfg.split_by,
+                                count_tokens=run.lm.count_tokens)
+        return split_corpus(run.docs, size=cfg.chunk_chars or DEFAULT_CHUNK_CHARS, by=cfg.split_by)
 
     def retrieved(self, query: str) -> ChunkSummary:
         """The run's anchors most related to `query` (shared word stems), renumbered."""

@@ -25,6 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,6 @@ class SummaryCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
 
     @staticmethod
     def key(text: str, lm: LM) -> str:
@@ -178,31 +178,23 @@ class SummaryCache:
         responses = lm.response_cache
         return None if responses is None else cls(responses.path.parent / SUMMARY_CACHE_FILE)
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
+    def _execute(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        # One connection per call: a few calls per slice, and nothing left open by a run.
+        with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS summaries (key TEXT PRIMARY KEY, anchors TEXT NOT NULL,"
-                         " created_at REAL NOT NULL)")
-            self._conn = conn
-        return self._conn
+            with closing(sqlite3.connect(self.path, timeout=30.0, isolation_level=None)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("CREATE TABLE IF NOT EXISTS summaries (key TEXT PRIMARY KEY, anchors TEXT NOT NULL,"
+                             " created_at REAL NOT NULL)")
+                return conn.execute(sql, args).fetchall()
 
     def get(self, key: str) -> list[Anchor] | None:
-        with self._lock:
-            row = self._connection().execute("SELECT anchors FROM summaries WHERE key = ?", (key,)).fetchone()
-        return None if row is None else [Anchor.model_validate(a) for a in json.loads(row[0])]
+        rows = self._execute("SELECT anchors FROM summaries WHERE key = ?", (key,))
+        return [Anchor.model_validate(a) for a in json.loads(rows[0][0])] if rows else None
 
     def put(self, key: str, anchors: Sequence[Anchor]) -> None:
         blob = json.dumps([a.model_dump() for a in anchors])
-        with self._lock:
-            self._connection().execute("INSERT OR REPLACE INTO summaries VALUES (?, ?, ?)", (key, blob, time.time()))
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._execute("INSERT OR REPLACE INTO summaries VALUES (?, ?, ?)", (key, blob, time.time()))
 
 
 async def summarize_slice(lm: LM, text: str, docs: Sequence[str], doc: int, offset: int, *,
