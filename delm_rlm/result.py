@@ -16,7 +16,9 @@ Status = Literal["answered", "budget", "error"]
 #   "final_call" out of iterations, the answer is the model's plain-text reply to one last
 #                "give your best answer" call (no code ran to produce it)
 #   "partial"    the run stopped early (budget, errors) and the answer is what it had so far
-FinishedBy = Literal["state", "final_call", "partial"]
+#   "prose"      the model replied without a code block twice in a row (shown the block
+#                format in between): its second reply's text is the answer, no code ran for it
+FinishedBy = Literal["state", "final_call", "partial", "prose"]
 
 
 class Result(BaseModel):

@@ -17,7 +17,9 @@ rebinds `answer`:
   scratch variable; the model is told how to finish, and the value counts as a partial answer.
 - `answer` is read after every cell by a tiny probe cell that prints a plain-data summary
   (so numpy scalars, numpy bools and other non-picklable values work as content/ready).
-- a reply with no code block counts as a failed step (for `max_consecutive_errors`).
+- a reply with no code block counts as a failed step (for `max_consecutive_errors`) and gets
+  the block format once more; a second such reply in a row is the answer (its text, through
+  the `accept` gate), with status "answered" and ``finished_by="prose"``.
 - out of steps, one last call asks for the best answer in plain text. If that reply holds code,
   it runs and a finish by state still wins; otherwise its text (code removed) is the answer,
   with status "answered" and ``finished_by="final_call"`` so callers can tell.
@@ -323,6 +325,7 @@ class RLM:
         role: str = "root",
         trace: Trace | None = None,
         accept: AnswerGate | None = None,
+        system_prompt: str | None = None,
     ) -> LoopOutcome:
         """Run the REPL loop in `sb` (started, context loaded) until a finish, a limit or a budget.
 
@@ -333,19 +336,20 @@ class RLM:
         `accept(answer, cells)` sees every answer the agent marks ready: None finishes the
         loop; a reason sends it back to the agent, whose answer is reset, and counts as a
         failed step (the team verifies answers here, so a rejection costs a step, not a
-        whole new attempt).
+        whole new attempt). `system_prompt` replaces the RLM's own (e.g. a team's reading agents).
         """
         trace = trace if trace is not None else (self.trace if self.trace is not None else Trace())
         state = _LoopState()
         self.register_tools(sb, lm=lm, state=state, agent_id=agent_id, task_id=task_id, trace=trace)
         await sb.set_variables(answer={"content": None, "ready": False})
-        system = prompts.rlm_system(extra_tools_doc, sub_limit_chars=_sub_limit_chars(lm))
+        system = system_prompt or prompts.rlm_system(extra_tools_doc, sub_limit_chars=_sub_limit_chars(lm))
         first = prompts.rlm_first(question, context_description)
         history: list[dict[str, str]] = []
         tags: dict[str, Any] = {"agent": agent_id, "task": task_id}
         partial: str | None = None
         last_stdout: str | None = None
         consecutive = 0
+        no_code_before = False  # the previous reply had no code block
         last_error: str | None = None
         iteration = 0
 
@@ -403,11 +407,21 @@ class RLM:
                 reply = close_open_fence(completion.text) if self.stop_after_block else completion.text
                 blocks = extract_code_blocks(reply)
                 if not blocks:
+                    prose = strip_code_blocks(reply).strip() if no_code_before else ""
+                    no_code_before = True
                     consecutive += 1
                     last_error = "the reply had no ```repl block"
                     emit("agent_step", iteration=iteration, action="no code block in reply")
                     feedback, check, failed = [prompts.RLM_NO_CODE], None, True
+                    if prose:  # shown the block format once already: the prose is the answer
+                        prose_refusal = await accept(prose, state.cells) if accept else None
+                        if prose_refusal is None:
+                            emit("agent_step", iteration=iteration, action="answered in prose")
+                            return outcome("answered", prose, finished_by="prose")
+                        last_error = f"answer refused: {prose_refusal}"
+                        feedback = [prompts.ANSWER_REFUSED.format(reason=prose_refusal)]
                 else:
+                    no_code_before = False
                     feedback, check, failed = await run_blocks(blocks)
                     refusal: str | None = None
                     if check is not None and check.ready:

@@ -210,6 +210,39 @@ async def test_max_consecutive_errors_stops_the_run() -> None:
     assert prompts.RLM_NO_CODE in script.last_user(1)
 
 
+async def test_a_reply_without_code_gets_the_block_format_once_then_its_prose_is_the_answer() -> None:
+    script = Script(["I think the answer is 12.", "The correct answer is (B)."])
+    result = await run(script)
+    assert (result.status, result.answer, result.finished_by) == ("answered", "The correct answer is (B).", "prose")
+    assert result.iterations == 2 and result.usage.calls == 2 and result.error is None
+    assert prompts.RLM_NO_CODE in script.last_user()  # the second call was shown the block format
+
+    # Only two in a row count: prose after code gets the block format again.
+    script = Script(["It is 12.", repl("n = 3"), "It is 3.", "The answer is 3."])
+    result = await run(script)
+    assert (result.status, result.answer, result.finished_by, result.iterations) == ("answered", "The answer is 3.", "prose", 4)
+    assert prompts.RLM_NO_CODE in script.last_user()
+
+
+async def test_a_prose_answer_goes_through_the_accept_gate() -> None:
+    from sandbox import KernelSandbox
+
+    seen: list[str] = []
+
+    async def gate(answer: str, cells: Any) -> str | None:
+        seen.append(answer)
+        return None if answer == "2" else "not the count"
+
+    script = Script(["one", "0", "2"])
+    lm = ScriptedLM(script)
+    async with KernelSandbox() as sb:
+        await sb.load_context("one\ntwo")
+        out = await RLM(lm, max_consecutive_errors=4).loop(
+            sb, question="How many?", context_description="2 lines", lm=lm, accept=gate)
+    assert (out.status, out.answer, out.finished_by) == ("answered", "2", "prose")
+    assert seen == ["0", "2"] and "not accepted: not the count" in script.last_user()
+
+
 async def test_out_of_iterations_asks_once_for_a_final_answer() -> None:
     script = Script([
         repl("print(len(docs))"),

@@ -264,6 +264,11 @@ class LM:
         return self._ledger
 
     @property
+    def response_cache(self) -> ResponseCache | None:
+        """The on-disk response cache this LM's calls use (None: off); shared by its sessions."""
+        return self._cache
+
+    @property
     def budget(self) -> Budget:
         return self._budget
 

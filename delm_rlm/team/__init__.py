@@ -9,7 +9,11 @@
     tools.py      the team's REPL tools: gists, unfold, propose, add_task
     finalizer.py  finalization rounds, add_up
     planner.py    the first tasks: the split, or the model's plan
-    replies.py    JSON replies, plain answers, validation messages
+    replies.py    JSON replies (lenient, one repair request), plain answers, validation messages
+    reading.py    reading or counting: the routing predicate (needs_reading, route_question)
+    summaries.py  grounded summaries: anchors verified per slice, SummaryCache
+    reading_steps.py  the reading path's gists, finalizer and answer gate (both modes)
+    reading_roles.py  DelmReadingRole, HybridReadingRole: agents that read before they answer
     rundir.py     the run directory: file names, corpus, pid lock, earlier usage
 """
 

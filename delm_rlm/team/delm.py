@@ -1,22 +1,27 @@
 """The delm role (the DeLM paper's setting, no code execution): an agent reads its chunk in
-the prompt and answers with JSON gists (one retry on a parse failure), verified by quotes and
-the judge; the finalizer answers in JSON from the admitted gists, or adds tasks."""
+the prompt and answers with JSON gists, verified by quotes and the judge; the finalizer
+answers in JSON from the admitted gists, or adds tasks (goals in words, never bare ids).
+
+Robust to small models: replies are parsed leniently with one repair request
+(`replies.ask_json`); a field of the wrong shape (one quote as a str, an answer as a dict,
+a task as {"goal": ...}) is taken as meant; a near-copy quote is mapped to the span it copies
+(`tools.locate_quote`)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from delm_rlm import prompts
 from delm_rlm.errors import EndpointFailing, LMError
 from delm_rlm.gists import Gist
 from delm_rlm.state.queue import Task
-from delm_rlm.team.replies import ReplyModel, parse_json_reply, validation_message
+from delm_rlm.team.replies import ReplyModel, ask_json, validation_message
 from delm_rlm.team.role import FinalRound, Role, RoundOutcome, TaskOutcome
 from delm_rlm.team.run import FINAL_TASK_ID
-from delm_rlm.team.tools import locate_quote, tag_partial_text
+from delm_rlm.team.tools import add_goal_task, locate_quote, tag_partial_text
 from delm_rlm.verify import Verdict
 
 MAX_GISTS_PER_REPLY = 8
@@ -30,6 +35,15 @@ class DelmGist(BaseModel):
     value: Any = None
     quotes: list[str] = Field(default_factory=list)
 
+    @field_validator("quotes", mode="before")
+    @classmethod
+    def _quote_list(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value]
+        return [str(q) for q in value] if isinstance(value, list) else value
+
 
 class DelmReply(BaseModel):
     """An agent's JSON reply for its task."""
@@ -37,12 +51,29 @@ class DelmReply(BaseModel):
     answer: str | int | float | bool | None = None
     gists: list[DelmGist] = Field(default_factory=list)
 
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _answer_text(cls, value: Any) -> Any:
+        return json.dumps(value) if isinstance(value, (dict, list)) else value
+
 
 class DelmFinal(BaseModel):
     """The finalizer's JSON reply: the answer, or tasks to add."""
 
     answer: str | int | float | bool | None = None
     tasks: list[str] = Field(default_factory=list)
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _answer_text(cls, value: Any) -> Any:
+        return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_goals(cls, value: Any) -> Any:
+        items = [value] if isinstance(value, (str, dict)) else value if isinstance(value, list) else []
+        return [str(t.get("goal") or t.get("task") or t.get("text") or "") if isinstance(t, dict) else str(t)
+                for t in items]
 
 
 class DelmRole(Role):
@@ -52,18 +83,8 @@ class DelmRole(Role):
 
     async def _ask_json(self, messages: list[dict[str, str]], model: type[ReplyModel], *, role: str,
                         tags: dict[str, Any], example: str) -> tuple[ReplyModel | None, str | None]:
-        """One call, strictly parsed; one retry with the parse error; (parsed, error)."""
-        lm = self.run.lm
-        completion = await lm.complete(messages, role=role, tags=tags)
-        parsed, error = parse_json_reply(completion.text, model)
-        if parsed is not None:
-            return parsed, None
-        retry = messages + [
-            {"role": "assistant", "content": completion.text},
-            {"role": "user", "content": prompts.DELM_BAD_JSON.format(error=error, example=example)},
-        ]
-        completion = await lm.complete(retry, role=role, tags={**tags, "retry": True})
-        return parse_json_reply(completion.text, model)
+        """One call, parsed leniently; one repair request with the parse error; (parsed, error)."""
+        return await ask_json(self.run.lm, messages, model, role=role, tags=tags, example=example)
 
     async def work(self, task: Task) -> TaskOutcome:
         run, state, cfg = self.run, self.state, self.run.config
@@ -133,8 +154,12 @@ class DelmRole(Role):
         added: list[str] = []
         if parsed.tasks and not final.last:
             for goal in parsed.tasks[: max(0, cfg.max_added_tasks - run.added_tasks)]:
-                if goal.strip():
-                    added.append(run.queue.add(goal.strip()[:1000], created_by=state.agent_id).id)
+                task = add_goal_task(run, goal, created_by=state.agent_id)
+                if task is not None:
+                    added.append(task.id)
+                else:
+                    run.trace.emit("agent_step", agent=state.agent_id, task=FINAL_TASK_ID,
+                                   action=f"not added: {goal[:60]!r} is not a goal")
             run.count_added_tasks(len(added))
         answer = None if parsed.answer is None else str(parsed.answer)
         return RoundOutcome(answer, added)

@@ -71,6 +71,14 @@ async def finalize_round(run: TeamRun, role: Role) -> None:
             run.done.set()
             return
         ids = answer_gist_ids(run, state)
+        refusal = role.refuse_answer(answer, ids, last)  # the answer gate (team/role.py)
+        if refusal is not None:
+            run.trace.emit("agent_step", agent=state.agent_id, task=FINAL_TASK_ID,
+                           action=f"answer refused: {refusal.reason}"[:300], answer=answer, added=refusal.added)
+            if not refusal.added:
+                run.status, run.error = "error", f"the answer {answer[:80]!r} was refused: {refusal.reason}"
+                run.done.set()
+            return
         run.answer, run.answer_gist_ids = answer, ids
         run.trace.emit("finalize", agent=state.agent_id, task=FINAL_TASK_ID, answer=answer, gist_ids=ids)
         run.done.set()

@@ -34,6 +34,14 @@ class RoundOutcome(NamedTuple):
     added: list[str]
 
 
+class AnswerRefusal(NamedTuple):
+    """Why the answer gate refused the finalizer's answer, and the tasks queued to find what
+    it lacks (none: the run ends without an answer)."""
+
+    reason: str
+    added: list[str]
+
+
 @dataclass(frozen=True)
 class FinalRound:
     """One finalization round as the finalizer is told about it."""
@@ -70,6 +78,12 @@ class Role(ABC):
     @abstractmethod
     async def finalize(self, final: FinalRound) -> RoundOutcome:
         """Combine the admitted gists into the answer, or add tasks (unless `final.last`)."""
+
+    def refuse_answer(self, answer: str, gist_ids: list[str], last: bool) -> AnswerRefusal | None:
+        """The answer gate: why the finalizer's `answer`, resting on `gist_ids`, may not end
+        the run (None: it may). `last`: no tasks may be added. The reading roles require
+        evidence read from the corpus (team/reading_steps.py); other roles accept."""
+        return None
 
     async def propose_answer(self, task: Task, answer: str) -> Verdict:
         """An answer with no proposal becomes a PARTIAL gist. When the agent computed it in

@@ -46,6 +46,7 @@ from delm_rlm.team.delm import DelmRole
 from delm_rlm.team.finalizer import finalize_round
 from delm_rlm.team.hybrid import HybridRole
 from delm_rlm.team.planner import plan_tasks
+from delm_rlm.team.reading_roles import reading_role_for
 from delm_rlm.team.role import Role
 from delm_rlm.team.run import AgentState, TeamRun
 from delm_rlm.team.rundir import (
@@ -237,6 +238,11 @@ class Team:
         """One session of a run; the caller holds the run directory (`holding_run`)."""
         cfg = self.config
         role_class = ROLES[cfg.mode]
+        # -- reading or counting (issue 15; the scout of issue 12 takes this over): documents
+        # that must be read get the reading roles, records keep the counting ones.
+        reading_role, routing = reading_role_for(cfg.mode, question, corpus.docs)
+        role_class = reading_role or role_class
+        # -- end of the routing
         started = time.monotonic()
         trace_path = run_dir / TRACE_FILE
         earlier = Trace.load(trace_path) if not fresh and trace_path.exists() else []
@@ -250,6 +256,8 @@ class Team:
                 "run_started", question=question, method=cfg.mode, corpus=run.description,
                 config={**cfg.model_dump(mode="json"), "resumed": not fresh, "run_dir": str(run_dir)},
             )
+            trace.emit("agent_step", agent="scout", action=f"{routing.path} path: {routing.reason}"[:300],
+                       route=routing.path, signals=routing.signals)
             try:
                 if fresh:
                     await plan_tasks(run)

@@ -1,9 +1,10 @@
 """The team's REPL tools (`gists`, `unfold`, `propose`, `add_task`) and how an agent's
 proposal becomes a gist: partial texts tagged with their task, bare quotes located in the
-corpus."""
+corpus (near copies mapped to the span they copy); added tasks carry goals, never bare ids."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -12,7 +13,9 @@ from delm_rlm.chunking import Chunk
 from delm_rlm.errors import ConfigError, RunStateError
 from delm_rlm.gists import Gist
 from delm_rlm.team.replies import validation_message
+from delm_rlm.state.queue import Task
 from delm_rlm.team.run import AgentState, TeamRun
+from delm_rlm.verify.fuzzy import map_quote
 from sandbox import Sandbox
 
 
@@ -77,7 +80,9 @@ def register_team_tools(sb: Sandbox, run: TeamRun, state: AgentState) -> None:
             raise RunStateError(
                 f"the team already added {run.added_tasks} tasks (the limit); answer with what is verified"
             )
-        task = run.queue.add(str(goal), deps=list(deps or []), created_by=state.agent_id)
+        task = add_goal_task(run, str(goal), created_by=state.agent_id, deps=list(deps or []))
+        if task is None:
+            raise ConfigError(f"{goal!r} is not a goal: say in words what the new task must find")
         run.count_added_tasks(1)
         state.added_tasks.append(task.id)
         return task.id
@@ -86,6 +91,47 @@ def register_team_tools(sb: Sandbox, run: TeamRun, state: AgentState) -> None:
     sb.register("unfold", unfold)
     sb.register("propose", propose)
     sb.register("add_task", add_task)
+
+
+_BARE_IDS = re.compile(r"^\W*(?:(?:task|gist)\s*)?([tg]\d+)(?:\W+(?:(?:task|gist)\s*)?[tg]\d+)*\W*$", re.IGNORECASE)
+_NAMED_TASK = re.compile(r"\b(t\d+)\b")
+
+
+def add_goal_task(run: TeamRun, text: str, *, created_by: str, deps: list[str] | None = None) -> Task | None:
+    """Queue a task a finalizer or agent asked for, as a goal in words. Small models name a
+    task or gist instead ("t1"): that becomes a goal saying what to redo or check, on the
+    same chunk; a task whose words name a task ("re-read t3 ...") also gets that task's
+    chunk. None when `text` is neither a goal nor a known id (nothing is added)."""
+    text = " ".join(str(text).split())
+    ids = [m.lower() for m in re.findall(r"[tg]\d+", text, re.IGNORECASE)] if _BARE_IDS.match(text) else []
+    chunk: Chunk | None = None
+    if ids:
+        known = {t.id: t for t in run.queue.all()}
+        task, gist = known.get(ids[0]), None
+        if task is None and ids[0].startswith("g"):
+            gist = next((g for g in run.context.admitted() if g.id == ids[0]), None)
+            task = known.get(gist.provenance.task_id or "") if gist is not None else None
+        if gist is not None:
+            what = f"check gist {gist.id} ('{gist.text[:120]}') against the text"
+        elif task is not None:
+            what = f"redo task {task.id}"
+        else:
+            return None
+        goal = f"For the team question ({run.question[:200]}): {what}"
+        if task is not None:
+            goal += f"; that task's goal was: {task.goal[:300]}"
+            chunk = run.chunks.get(task.id)
+    elif len(text) < 3:
+        return None
+    else:
+        goal = text
+        named = _NAMED_TASK.search(text)
+        chunk = run.chunks.get(named.group(1)) if named else None
+    added = run.queue.add(goal[:1000], deps=deps or [], created_by=created_by)
+    if chunk is not None:
+        run.chunks[added.id] = chunk
+        run.store.set_meta(chunks={k: c.model_dump() for k, c in run.chunks.items()})
+    return added
 
 
 def tag_partial_text(state: AgentState, text: str, kind: Any) -> str:
@@ -125,7 +171,10 @@ def evidence_pointers(docs: list[str], chunk: Chunk | None, evidence: Any) -> li
 
 def locate_quote(docs: list[str], chunk: Chunk | None, quote: str, doc: Any = None) -> dict[str, Any]:
     """A quote pointer for `quote`: searched in the chunk first, then in the named doc, then
-    in every doc. Not found: the chunk's span (the verifier then rejects it, saying why)."""
+    in every doc. A quote not found word for word but close to a span of the chunk (or of
+    the named doc) is mapped to that span and stands for its verbatim text
+    (`verify.fuzzy`, similarity >= FUZZY_QUOTE_THRESHOLD). Not found: the chunk's span (the
+    verifier then rejects it, showing the closest text)."""
     needle = quote.strip()
     if chunk is not None and doc in (None, chunk.doc):
         at = docs[chunk.doc].find(needle, chunk.start, chunk.end)
@@ -136,6 +185,19 @@ def locate_quote(docs: list[str], chunk: Chunk | None, quote: str, doc: Any = No
         at = docs[d].find(needle)
         if at >= 0:
             return {"type": "quote", "doc": d, "start": at, "end": at + len(needle), "quote": quote}
+    # A near copy: the span it paraphrases, in the chunk (or the named doc) only.
+    if chunk is not None and doc in (None, chunk.doc):
+        where: tuple[int, int, int] | None = (chunk.doc, chunk.start, chunk.end)
+    elif isinstance(doc, int) and 0 <= doc < len(docs):
+        where = (doc, 0, len(docs[doc]))
+    else:
+        where = None
+    if where is not None and needle:
+        d, lo, hi = where
+        match = map_quote(docs[d], needle, lo, hi)
+        if match is not None:
+            return {"type": "quote", "doc": d, "start": match.start, "end": match.end,
+                    "quote": docs[d][match.start:match.end]}
     if chunk is not None:
         return {"type": "quote", "doc": chunk.doc, "start": chunk.start, "end": chunk.end, "quote": quote}
     d = int(doc) if isinstance(doc, int) and 0 <= doc < len(docs) else 0

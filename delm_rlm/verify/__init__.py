@@ -1,9 +1,10 @@
 """The admission gate: form, quotes, code checks re-run in a fresh sandbox, the model judge.
 
 `Verifier` (in `gate`) runs the stages in order; each stage lives in its own module beside
-it: `form`, `empty_result`, `quotes`, `code_check`, `spot_check` (labels), `judge`,
-`conflicts`; `label_rules` holds the shared labelling rules; `verdict` holds what the gate
-answers. Values are compared by the one rule in `delm_rlm.values`."""
+it: `form`, `empty_result`, `quotes`, `support` (reading gists rest on their cited anchors),
+`code_check`, `spot_check` (labels), `judge`, `conflicts`; `label_rules` holds the shared
+labelling rules; `verdict` holds what the gate answers; `fuzzy` maps near-copy quotes to the
+span they copy. Values are compared by the one rule in `delm_rlm.values`."""
 
 from delm_rlm.verify.code_check import CheckRunner
 from delm_rlm.verify.conflicts import ConflictResolver, about_the_same, claim_subject

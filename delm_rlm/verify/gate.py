@@ -173,13 +173,16 @@ class Verifier:
         check_vars: dict[str, Any] | None = None,
         require_check: bool | None = None,
         reject_empty: bool = False,
+        support: Callable[[Gist], str | None] | None = None,
     ) -> Verdict:
         """Decide one proposal. `source`: text the claim is about (the task's chunk), shown
         to the judge; `check_vars`: the task's slice (chunk_doc, chunk_start, chunk_end)
         exposed to the check; `require_check`: a claimed value must come with a check
         (default: the verifier's setting); `reject_empty`: a PARTIAL whose value is empty
         ({}, [], "") about a `source` with text is rejected as counting nothing (the team
-        asks this on a task's first attempt only, so a truly empty chunk still gets in)."""
+        asks this on a task's first attempt only, so a truly empty chunk still gets in);
+        `support`: a rule the gist must meet after its quotes check (the reason when it does
+        not), stage "support" (team reading path: `verify.support`)."""
         started = time.perf_counter()
         self.stats.proposed += 1
         agent = gist.provenance.agent_id
@@ -209,6 +212,11 @@ class Verifier:
                         problem = check_quote(ev, self.docs, self.quote_slack)
                         if problem is not None:
                             raise Rejection("quotes", problem)
+            if support is not None:  # 2b. support: a reading gist rests on its cited anchors
+                with self._stage("support", checks):
+                    problem = support(gist)
+                    if problem is not None:
+                        raise Rejection("support", problem)
 
             # 3. code check
             added: list[CodeEvidence] = []

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 VerdictStatus = Literal["admitted", "rejected", "merged"]
 
 # The timed stages, in the order a proposal meets them.
-STAGES = ("form", "quotes", "code", "labels", "judge", "conflicts")
+STAGES = ("form", "quotes", "code", "labels", "support", "judge", "conflicts")
 
 
 class LabelDispute(BaseModel):
