@@ -49,6 +49,7 @@ from delm_rlm.gists import CodeEvidence, Gist, GistKind, Provenance, QuoteEviden
 from delm_rlm.state.context import SharedContext
 from delm_rlm.trace import Trace
 from delm_rlm.values import collapse_whitespace
+from delm_rlm.verify.agreement import AgreementRules
 from delm_rlm.verify.code_check import CHECK_TIMEOUT_SECONDS, CheckRunner
 from delm_rlm.verify.empty_result import check_empty_result
 from delm_rlm.verify.form import CLAIM_KINDS, MAX_SUMMARY_CHARS, check_form
@@ -75,6 +76,10 @@ class Verifier:
     `replay_tools` are host functions a check may call (see `CheckRunner`); `label_hint`
     the labels the question or corpus names, for the empty-result hint.
     """
+
+    # The agreement stage (verify.agreement: partials agree on schema and cover their
+    # chunk), set by a team once it has planned its chunk tasks; None: off.
+    agreement: AgreementRules | None = None
 
     def __init__(
         self,
@@ -164,6 +169,8 @@ class Verifier:
                 return self._merge(pending, duplicate.id, checks)
             if reject_empty:
                 check_empty_result(gist, source, self.label_hint)
+            if self.agreement is not None:
+                self.agreement.check(gist, source)
 
             # 2. quotes
             quotes = [e for e in gist.evidence if isinstance(e, QuoteEvidence)]
