@@ -69,7 +69,10 @@ def add_up(parts):
         else:
             print(f"add_up: skipped {where}: {str(value)[:60]!r} is not a count")
     if len(shapes) > 1:
-        parts_text = "; ".join(f"{', '.join(ids)} are {shape}" for shape, ids in shapes.items())
+        parts_text = "; ".join(
+            f"{', '.join(ids)} {'are' if len(ids) > 1 else 'is'} "
+            f"{shape if len(ids) > 1 or shape.startswith('counts') else 'a single number'}"
+            for shape, ids in shapes.items())
         raise ValueError(__MIXED__.format(parts=parts_text))
     result = Total(total)
     result.lacking = {}

@@ -208,8 +208,11 @@ def disagreement(partials: Sequence[Gist]) -> str | None:
     for g in counted:
         groups.setdefault(str(count_shape(g.value)), []).append(g)
     if len(groups) > 1:
-        parts = [f"{', '.join(str(g.id) for g in gs)} {'are' if len(gs) > 1 else 'is'} {describe_shape(gs[0].value)}"
-                 for gs in groups.values()]
+        parts = []
+        for gs in groups.values():
+            ids, many = ", ".join(str(g.id) for g in gs), len(gs) > 1
+            shape = describe_shape(gs[0].value) if count_shape(gs[0].value) == "counts" or not many else "single numbers"
+            parts.append(f"{ids} {'are' if many else 'is'} {shape}")
         return prompts.FINAL_MIXED_SCHEMAS.format(parts="; ".join(parts))
     counts = groups.get("counts", [])
     if len(counts) > CLOSED_VOCABULARY_PARTIALS:
