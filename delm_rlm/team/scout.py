@@ -219,7 +219,7 @@ class PlanChoice:
 
 def corpus_labels(question: str, profile: RecordProfile) -> list[str]:
     """The labels the question lists, else those the corpus's header lists."""
-    return named_labels(question) or named_labels(" ".join(profile.header))
+    return named_labels(question) or named_labels("\n".join(profile.header))
 
 
 def choose_plan(question: str, corpus: Corpus, *, runs_code: bool = True,

@@ -87,7 +87,8 @@ def register_team_tools(sb: Sandbox, run: TeamRun, state: AgentState) -> None:
         state.verdicts.append(verdict)
         reply = verdict.for_agent()
         if method and verdict.ok and gist.check is not None and gist.kind == GistKind.PARTIAL:
-            shared = await offer_method(run, state, code=gist.check, text=gist.text, claimed=gist.value,
+            described = gist.text.removeprefix(f"{state.task_or_final_id}: ")
+            shared = await offer_method(run, state, code=gist.check, text=described, claimed=gist.value,
                                         combine=combine)
             reply["method"] = shared.for_agent()
         return reply
