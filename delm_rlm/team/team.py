@@ -267,12 +267,12 @@ class Team:
                     run.status, run.error = "error", f"{type(exc).__name__}: {exc}"
                     trace.emit("error", message=run.error)
                 finally:
-                    try:
-                        await run.verifier.close()
-                        if run.methods is not None:
-                            await run.methods.close()
-                    except Exception as exc:  # closing must not hide the run's outcome
-                        trace.emit("error", message=f"verifier sandbox close failed: {exc}")
+                    for closing in (run.verifier, run.methods):
+                        try:
+                            if closing is not None:
+                                await closing.close()
+                        except Exception as exc:  # closing must not hide the run's outcome
+                            trace.emit("error", message=f"verifier sandbox close failed: {exc}")
                 return self._finish(run, started)
             finally:
                 trace.close()
