@@ -122,6 +122,7 @@ async def run_question(
     agents: int = 2,
     budget: Budget | None = None,
     subscribers: Sequence[Callable[[TraceEvent], None]] = (),
+    plan: str = "auto",
 ) -> Result:
     """Answer `question` over `corpus` with `method` (the library's methods registry, the
     one the evals use); the run's files go to run_dir (trace.jsonl; the team adds
@@ -132,7 +133,8 @@ async def run_question(
         if method not in METHODS:
             raise CLIError(f"unknown method {method!r}: choose from {', '.join(METHODS)}", code=2)
         # max_iterations=None: each method's library default (an RLM agent's, a team's).
-        options = MethodOptions(agents=agents, max_iterations=None, answer_tokens=DIRECT_ANSWER_TOKENS)
+        options = MethodOptions(agents=agents, max_iterations=None, answer_tokens=DIRECT_ANSWER_TOKENS,
+                                team={"plan": plan} if plan != "auto" else {})
         run = await get_method(method)(options).answer(
             Question(question, corpus), lm, budget=budget, run_dir=run_dir, subscribers=subscribers
         )
@@ -143,16 +145,17 @@ async def run_question(
 
 def execute(
     method: str, lm: LM, question: str, corpus: Corpus, *, run_dir: Path, agents: int,
-    budget: Budget | None, live: bool, title: str,
+    budget: Budget | None, live: bool, title: str, plan: str = "auto",
 ) -> Result:
     """Run one question with the live view (stderr) following the run's trace."""
     from delm_rlm.live import LiveView
 
     if not live:
-        return asyncio.run(run_question(method, lm, question, corpus, run_dir=run_dir, agents=agents, budget=budget))
+        return asyncio.run(run_question(method, lm, question, corpus, run_dir=run_dir, agents=agents, budget=budget,
+                                        plan=plan))
     with LiveView(err_console(), budget=budget, title=title) as view:
         return asyncio.run(run_question(method, lm, question, corpus, run_dir=run_dir, agents=agents,
-                                        budget=budget, subscribers=[view]))
+                                        budget=budget, subscribers=[view], plan=plan))
 
 
 def print_result(result: Result, run_dir: Path, console: Console) -> None:
@@ -210,7 +213,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     lm = make_lm(args.model)
     run_dir = new_run_dir(args.out)
     result = execute(args.method, lm, question, corpus, run_dir=run_dir, agents=args.agents, budget=budget,
-                     live=not args.quiet, title=f"delm-rlm ask [{args.method}]")
+                     live=not args.quiet, title=f"delm-rlm ask [{args.method}]", plan=args.plan)
     print_result(result, run_dir, out_console())
     if result.status != "answered":
         err_console().print(f"error: the run ended without an answer ({result.status}): {result.error or 'see the trace'}",
@@ -545,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--context", nargs="+", required=True, metavar="PATH", help="text files, folders, JSONL, CSV or parquet")
     ask.add_argument("--method", choices=METHODS, default="hybrid", help="hybrid (team, default), rlm (one agent), direct (one call)")
     ask.add_argument("--agents", type=_positive_int, default=2, help="team size for hybrid (default 2)")
+    ask.add_argument("--plan", choices=("auto", "whole", "split"), default="auto",
+                     help="team plan: auto (the scout decides), whole (one verified program), split (one task per chunk)")
     ask.set_defaults(handler=cmd_ask)
 
     demo = sub.add_parser("demo", parents=[common, model, run], help="offline demo: an OOLONG-style counting question, answered and scored")

@@ -29,14 +29,19 @@ class GistKind(str, Enum):
     CONSTRAINT = "constraint"  # a rule governing how the question or corpus must be read
     EVIDENCE = "evidence"  # raw support (quotes, outputs) others may build on
     QUESTION = "question"  # an open question worth a task
+    # Code that computes a chunk's partial from `chunk` alone (no model); its value holds
+    # {"code", "combine", "version", "shape", "home", "trials", "amends"} (verify/methods.py).
+    METHOD = "method"
 
 
 # Order of the prompt view, highest value first. CONSTRAINTs are few and change how every
-# other gist and task must be read; FACTs are verified reusable results; PARTIALs are the
-# values the finalizer aggregates; FAILUREs save repeated dead ends; EVIDENCE is mostly
-# reachable through unfold; QUESTIONs are not knowledge at all.
+# other gist and task must be read; METHODs do a chunk's work without a model; FACTs are
+# verified reusable results; PARTIALs are the values the finalizer aggregates; FAILUREs save
+# repeated dead ends; EVIDENCE is mostly reachable through unfold; QUESTIONs are not
+# knowledge at all.
 KIND_PRIORITY: tuple[GistKind, ...] = (
     GistKind.CONSTRAINT,
+    GistKind.METHOD,
     GistKind.FACT,
     GistKind.PARTIAL,
     GistKind.FAILURE,

@@ -39,6 +39,9 @@ EVENT_KINDS: dict[str, str] = {
     "conflict_resolved": "gist_ids, method (re-execution / vote / unresolved), winner, loser, reason, "
                          "votes, reexecution, failure_gist_id",
     "finalize": "answer, gist_ids",
+    "plan_chosen": "plan (whole or split), reason, signals (what the scout saw)",
+    "method_applied": "method_id, version, gist_id (a chunk's partial computed by a method, no model)",
+    "method_failed": "method_id, version, reason (the chunk goes to an agent)",
     "budget_exceeded": "limit, used, allowed",
     "error": "message",
     "run_finished": "status, answer, usage",

@@ -179,7 +179,7 @@ async def team_prompts(n: int, mode: str, lines_per_doc: int, agents: int, gist_
     lm = ScriptedLM(hybrid_script if mode == "hybrid" else delm_script)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        result = await Team(lm, agents=agents, mode=mode, gist_tokens=gist_tokens, run_dir=tmp,
+        result = await Team(lm, agents=agents, mode=mode, plan="split", gist_tokens=gist_tokens, run_dir=tmp,
                             max_finalize_rounds=1).run("How many lines are spam?", docs)
         seconds = time.perf_counter() - t0
     calls = _calls_by_role(result.trace)

@@ -61,7 +61,8 @@ def count_mentions(messages: list[dict], role: str) -> str:
 
 def team_counter(messages: list[dict], role: str) -> str:
     """A hybrid team member: per task, count the needle in its chunk with code and propose the
-    count with a check; as finalizer, sum the verified partial values in code.
+    count with a check; as finalizer, sum the verified partial values in code. On a whole
+    plan (one task over the whole corpus, RLM's prompts), count over `context` and answer.
 
     Its first proposal for task t2 is off by one (a real check then prints the true count), so
     a run shows a rejection, the FAILURE record and the retry that succeeds.
@@ -85,6 +86,13 @@ def team_counter(messages: list[dict], role: str) -> str:
             "total = sum(int(g['value']) for g in parts)\n"
             "print([g['id'] for g in parts], total)\n"
             "answer['content'] = f'Answer: {total}'\n"
+            "answer['ready'] = True\n```"
+        )
+    if "Your task" not in text:  # the whole plan: one program over the whole corpus
+        return (
+            "Count in the whole corpus.\n```repl\n"
+            f"n = sum(1 for line in context.splitlines() if {cond})\n"
+            "answer['content'] = f'Answer: {n}'\n"
             "answer['ready'] = True\n```"
         )
     task = re.search(r"Your task (t\d+)", text)
@@ -138,7 +146,7 @@ async def build_run(run_dir):  # type: ignore[no-untyped-def]
     from delm_rlm.llm.scripted import ScriptedLM
     from delm_rlm.team import Team
 
-    team = Team(ScriptedLM(team_counter), agents=2, run_dir=run_dir, judge=False)
+    team = Team(ScriptedLM(team_counter), agents=2, plan="split", run_dir=run_dir, judge=False)
     return await team.run(FRUIT_QUESTION, FRUIT_DOCS)
 
 

@@ -60,7 +60,8 @@ def test_entry_point_is_installed() -> None:
 
 
 def test_ask_hybrid_answers_with_gists_usage_and_a_run_dir_the_trace_command_reads(fruit: Path, tmp_path: Path) -> None:
-    proc = delm("ask", QUESTION, "--context", str(fruit), "--agents", "2", "--out", "run", cwd=tmp_path, script="team_counter")
+    proc = delm("ask", QUESTION, "--context", str(fruit), "--agents", "2", "--plan", "split", "--out", "run",
+                cwd=tmp_path, script="team_counter")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "Answer: 3" in out

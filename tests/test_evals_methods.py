@@ -98,7 +98,7 @@ def test_every_method_end_to_end_on_three_tasks(count_tasks: list[Task], tmp_pat
     lm = ScriptedLM(protocol_model)
     out = tmp_path / "run.jsonl"
     # Small chunks so the teams and the orchestrator really split each window.
-    options = MethodOptions(agents=2, chunk_chars=700, max_iterations=4)
+    options = MethodOptions(agents=2, chunk_chars=700, max_iterations=4, team={"plan": "split"})
     run_eval(
         "oolong", None, list(METHOD_NAMES), model="scripted", out=out, lm=lm, tasks=count_tasks,
         options=options, concurrency=3, progress=False, timeout_s=120,

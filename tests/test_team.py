@@ -59,7 +59,7 @@ def hybrid_script(messages: list[dict], role: str) -> str:
 
 async def test_hybrid_team_end_to_end(tmp_path: Path) -> None:
     lm = ScriptedLM(hybrid_script)
-    team = Team(lm, agents=2, run_dir=tmp_path / "run")
+    team = Team(lm, agents=2, plan="split", run_dir=tmp_path / "run")
     result = await team.run(QUESTION, DOCS)
 
     assert result.status == "answered", result.error
@@ -111,7 +111,7 @@ async def test_hybrid_agent_prompt_shows_its_own_chunk_lines(tmp_path: Path) -> 
         seen[re.search(r"Your task (t\d+)", first).group(1)] = lines
         return AGENT_CODE
 
-    result = await Team(ScriptedLM(script), agents=1, run_dir=tmp_path / "run").run(QUESTION, DOCS)
+    result = await Team(ScriptedLM(script), agents=1, plan="split", run_dir=tmp_path / "run").run(QUESTION, DOCS)
     assert result.status == "answered", result.error
     assert "  ham: report attached" in seen["t2"] and "spam: free cruise" not in seen["t2"]
     assert "  spam: free cruise" in seen["t3"] and "ham: report attached" not in seen["t3"]
@@ -148,7 +148,7 @@ answer["ready"] = True
             return "2"
         return counts_code
 
-    result = await Team(ScriptedLM(script), agents=2, run_dir=tmp_path / "run").run(QUESTION, DOCS)
+    result = await Team(ScriptedLM(script), agents=2, plan="split", run_dir=tmp_path / "run").run(QUESTION, DOCS)
     assert result.status == "answered", result.error
     assert result.answer == f"Answer: {TRUE_COUNT}"
     partials = RunStore(result.store_path).list_gists(status="admitted", kinds="partial")
@@ -163,7 +163,7 @@ answer["ready"] = True
         return script(messages, role) if role in {"verifier", "finalizer"} else (
             "2" if role != "root" else sub_model_code)
 
-    team = Team(ScriptedLM(sub_script), agents=1, max_attempts=1, run_dir=tmp_path / "sub")
+    team = Team(ScriptedLM(sub_script), agents=1, max_attempts=1, plan="split", run_dir=tmp_path / "sub")
     result = await team.run(QUESTION, DOCS[:1])
     assert judged, "an answer computed with a sub-model call must go to the judge"
     assert RunStore(result.store_path).list_gists(status="admitted", kinds="partial") == []
@@ -208,7 +208,7 @@ print(propose("partial", f"counts {{dict(counts)}}", value=dict(counts), check=c
     # The corpus opens by naming its categories (as OOLONG windows do): the hint's classify
     # example uses them, not made-up labels a small model would run as they are.
     docs = ["Each line is one of 2 categories: 'spam', 'ham'.\n" + DOCS[0], *DOCS[1:]]
-    result = await Team(ScriptedLM(script), agents=2, run_dir=tmp_path / "run").run(QUESTION, docs)
+    result = await Team(ScriptedLM(script), agents=2, plan="split", run_dir=tmp_path / "run").run(QUESTION, docs)
     assert result.status == "answered", result.error
     assert result.answer == f"Answer: {TRUE_COUNT}"
     assert hints and all("classify(chunk.splitlines(), [\"spam\", \"ham\"])" in h for h in hints), hints
@@ -222,7 +222,7 @@ print(propose("partial", f"counts {{dict(counts)}}", value=dict(counts), check=c
             return script(messages, role)
         return finish if "REPL output" in messages[-1]["content"] else by_missing_field
 
-    result = await Team(ScriptedLM(stubborn), agents=1, run_dir=tmp_path / "stubborn").run(QUESTION, DOCS[:1])
+    result = await Team(ScriptedLM(stubborn), agents=1, plan="split", run_dir=tmp_path / "stubborn").run(QUESTION, DOCS[:1])
     store = RunStore(result.store_path)
     (task,) = TaskQueue(store).all()
     assert task.state == TaskState.DONE and task.attempts == 2
@@ -253,7 +253,7 @@ answer["ready"] = True
             return "REJECT: not needed"
         return counts_code
 
-    result = await Team(ScriptedLM(script), agents=2, run_dir=tmp_path / "run").run(QUESTION, DOCS)
+    result = await Team(ScriptedLM(script), agents=2, plan="split", run_dir=tmp_path / "run").run(QUESTION, DOCS)
     assert result.status == "answered", result.error
     assert result.answer == f"Answer: {TRUE_COUNT - 1}"  # the cruise chunk's one spam line is not a count
     cells = [e for e in Trace.load(result.trace_path) if e.kind == "code_cell" and e.task == "final"]

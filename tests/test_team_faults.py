@@ -68,7 +68,7 @@ def _script(sleep: float = 0.0, crash_t2: bool = False):
 
 
 async def test_a_dead_agent_s_task_is_finished_by_another_agent(tmp_path: Path) -> None:
-    team = Team(ScriptedLM(_script()), agents=2, lease_s=1.0, run_dir=tmp_path)
+    team = Team(ScriptedLM(_script()), agents=2, lease_s=1.0, plan="split", run_dir=tmp_path)
     killed: list[str] = []
     cancelled: list[str] = []  # the asyncio task cancelled, by name
 
@@ -101,7 +101,7 @@ async def test_a_dead_agent_s_task_is_finished_by_another_agent(tmp_path: Path) 
 
 
 async def test_a_crashed_kernel_is_restarted_and_the_task_completes(tmp_path: Path) -> None:
-    result = await Team(ScriptedLM(_script(crash_t2=True)), agents=2, run_dir=tmp_path).run(QUESTION, DOCS)
+    result = await Team(ScriptedLM(_script(crash_t2=True)), agents=2, plan="split", run_dir=tmp_path).run(QUESTION, DOCS)
     assert result.status == "answered", result.error
     assert result.answer == str(TRUE_COUNT)
     cells = [e for e in result.trace if e.kind == "code_cell" and e.task == "t2"]
@@ -121,7 +121,7 @@ from delm_rlm import ScriptedLM, Team
 SLEEP = 0.4
 CRASH_T2 = False
 docs = {docs!r}
-asyncio.run(Team(ScriptedLM(script), agents=2, lease_s=2.0, run_dir=sys.argv[1]).run({question!r}, docs))
+asyncio.run(Team(ScriptedLM(script), agents=2, lease_s=2.0, plan="split", run_dir=sys.argv[1]).run({question!r}, docs))
 '''
 
 

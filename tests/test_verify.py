@@ -400,7 +400,8 @@ async def test_a_broken_verifier_sandbox_rejects_without_blaming_the_claim(tmp_p
 
 
 def test_empty_result_hint_lists_the_questions_labels_or_a_placeholder_that_cannot_run() -> None:
-    from delm_rlm.verify import empty_result_reason, named_labels
+    from delm_rlm.team.scout import named_labels
+    from delm_rlm.verify import empty_result_reason
 
     question = ("In the above data, which of the labels is the most common? Give your final answer in "
                 "the form 'Label: answer' where answer is one of the labels: entity, human being, location.")

@@ -311,9 +311,11 @@ TEAM_TOOLS_DOC = """\
 chunk     your task's part of the corpus (str); chunk_doc, chunk_start, chunk_end say where
 gists(kind=None) -> list of dicts with id, kind, text, value: the team's verified results
 unfold(id, level) -> str       more about one gist: level 1 summary, level 2 evidence
-propose(kind, text, value=None, check=None, evidence=None) -> dict
+propose(kind, text, value=None, check=None, evidence=None, method=False) -> dict
   share a result: kind "partial" (your chunk's result) or "fact". `check` is code that
   prints `value`; it runs again in a fresh REPL that has only context, docs, df and chunk.
+  method=True also offers `check` as the team's METHOD: run on other chunks with no model
+  (so it must compute from chunk alone, without classify).
   Returns {"status": "admitted", "id": "g4"} or {"status": "rejected", "reason": "..."}.
 add_task(goal, deps=[]) -> str  ask the team for more work; returns the new task id"""
 
@@ -327,28 +329,40 @@ Verified gists so far:
 {retry}
 Compute your chunk's result with code over `chunk`, share it with propose(), then finish. \
 For a question that counts or compares things, share the count of every value of the field \
-it is about (a dict), so the team can add chunks up. In code, copy text exactly as the lines \
-above write it (same case and words), even where the question words it differently. If the \
-lines do not state it (no such field), label them first: \
+it is about (a dict, lines without the field under None), so the team can add chunks up. In \
+code, copy text exactly as the lines above write it (same case and words), even where the \
+question words it differently; CSV rows: split on the delimiter; JSON lines: json.loads(line). \
+If the lines do not state it (no such field), label them first: \
 labels = classify(chunk.splitlines(), [every label the question names, as quoted strings]), then \
 count those. \
-Example: lines like "Date: May 02 || Text: win cash now || Label: spam", question "Which \
-label is most common?" or "How many lines are labelled 'spam'?" (for "Which date is most \
-common?" the field is "Date: " instead):
+Example: lines like "2024-05-02 12:01 | user: ann | status: late", question "Which status is \
+most common?" or "How many orders are 'late'?" (for "Which user ...?" the field is "user: "):
 ```repl
 check = '''
 from collections import Counter
-field = "Label: "
-counts = Counter(line.split(field)[-1].split(" || ")[0].strip() for line in chunk.splitlines() if field in line)
+field = "status: "
+counts = Counter(line.split(field)[1].split(" |")[0].strip() if field in line else None for line in chunk.splitlines() if line.strip())
 print(dict(counts))
 '''
 exec(check)
-print(propose("partial", f"count per {{field.strip(': ')}} in my chunk: {{dict(counts)}}", value=dict(counts), check=check))
+print(propose("partial", f"count per {{field.strip(': ')}} in my chunk: {{dict(counts)}}", value=dict(counts), check=check, method=True))
 answer["content"] = str(dict(counts))
 answer["ready"] = True
 ```"""
 
 TEAM_RETRY = "A previous attempt at this task was rejected: {reason}\nDo not repeat that mistake.\n"
+
+# In a task's prompt when the team's admitted method failed on its chunk (team/sharing.py).
+TEAM_METHOD_FAILED = """\
+The team's method {method_id} (v{version}) did this work for other chunks but failed on \
+yours: {reason}
+Its code:
+```
+{code}
+```
+Fix it for your chunk (same output form), and propose your result with method=True: \
+the fixed code becomes the method's next version.
+"""
 
 TEAM_FINALIZE = """\
 All team tasks are finished (round {round} of {rounds}).
@@ -356,15 +370,17 @@ Verified gists:
 {gists}
 {failed}
 Combine the gists' values with code. add_up(gists(kind="partial")) adds them up: counts per \
-label key by key (a plain number per chunk goes under "value"), as a Counter:
+key, key by key (a plain number per chunk goes under "value"), as a Counter; it refuses \
+partials that disagree. With a METHOD gist, combine(gists(kind="partial")) combines them \
+the method's way (sum, concat, max or min):
 ```repl
 total = add_up(gists(kind="partial"))
 print(total.most_common())
 ```
 Then set answer["content"] from `total`, in the exact form the question asks for. For \
-example, for "which label is most common? ... 'Label: answer'": \
-answer["content"] = f"Label: {{total.most_common(1)[0][0]}}"; for "how many are labelled \
-'spam'? ... 'Answer: number'": answer["content"] = f"Answer: {{total['spam']}}"; least \
+example, for "which status is most common? ... 'Status: answer'": \
+answer["content"] = f"Status: {{total.most_common(1)[0][0]}}"; for "how many are \
+'late'? ... 'Answer: number'": answer["content"] = f"Answer: {{total['late']}}"; least \
 common: total.most_common()[-1][0]; plain numbers per chunk: total["value"].
 Team question: {question}
 {more}"""
@@ -403,8 +419,9 @@ JUDGE_SOURCE = "Source text the claim is about:\n<data>{source}</data>\n"
 # A PARTIAL whose value is empty although its chunk has text (delm_rlm.verify.empty_result).
 VERIFY_EMPTY_RESULT = (
     "the result is empty although the chunk has {lines} non-empty lines: the code matched "
-    "nothing, e.g. a field these lines do not have. Match what the lines contain; if they "
-    "do not state what the question is about (such as a label), label them first and count "
+    "nothing, e.g. a field these lines do not have. Print a few lines and match what they "
+    "contain (a log's level, a CSV column, a JSON key, as written there); if they do not "
+    "state what the question is about (such as a label), label them first and count "
     "the labels:\n"
     "```repl\n"
     "from collections import Counter\n"
@@ -425,6 +442,48 @@ VERIFY_ITERATES_CHARACTERS = (
     "your code loops `for ... in chunk`: chunk is one str, so that loop goes character by "
     "character and no line ever matches; loop over chunk.splitlines() instead. "
 )
+# The agreement stage (delm_rlm.verify.agreement): a chunk's partial against the team's
+# admitted partials (schema) and against its own records (coverage).
+VERIFY_OTHERS_USE = " (the team's admitted partials use the keys {keys})"
+VERIFY_BLANK_KEY = (
+    "the counts are under the blank key {key!r}, which names no value{others}: count each "
+    "record under the value it holds, written exactly as the lines write it"
+)
+VERIFY_OTHER_SHAPE = (
+    "this partial is {mine}, but the team's {n} admitted partial(s) are {theirs}: give your "
+    "chunk's result in the same form (a key they use that your chunk lacks counts 0)"
+)
+VERIFY_KEY_SPELLING = (
+    "the key {key!r} is spelled {spelling!r} in the team's admitted partials: use that "
+    "spelling, so the chunks add up"
+)
+VERIFY_OUTSIDE_VOCABULARY = (
+    "the keys {mine} share none with the keys the team's {n} admitted partials use "
+    "({keys}): count under the same keys (a key your chunk lacks counts 0)"
+)
+VERIFY_LOW_COVERAGE = (
+    "the counts add up to {counted}, but the chunk has {records} records (non-empty lines): "
+    "counts per key must account for at least {floor} of them (tolerance {percent}% of the "
+    "records, at least {slack}). Count every record under its value (records without one "
+    "under None: Counter(value or None for ...)); to count only some records, give one number"
+)
+# Finalization (delm_rlm.team.finalizer): the admitted partials cannot be combined.
+FINAL_BLANK_KEYS = "partials {ids} count under a blank key '', which names no value"
+FINAL_MIXED_SCHEMAS = "the partials use different schemas ({parts}): no answer from mixed schemas"
+FINAL_OUTSIDE_VOCABULARY = "partial {id} uses the keys {mine}, none of the keys the other partials use ({keys})"
+FINAL_REFUSED = "the finalizer refused to answer: {reason}"
+# add_up's total when the answer reads a key some partials cannot vouch for.
+FINAL_LACKING_KEY = (
+    "refused: partials {ids} lack the key {key!r} and do not account for all their records, "
+    "so their count of {key!r} is unknown; redo those chunks (add_task) or answer without it"
+)
+# Methods (delm_rlm.verify.methods).
+METHOD_NEEDS_MODEL = (
+    "a method runs with no model, but this code calls {names}: share it as a partial only "
+    "(chunks that need the model are worked by agents)"
+)
+METHOD_NOT_CLAIMED = "on {task}'s chunk it prints {printed}, not the claimed {claimed}"
+
 # Added to a check's NameError; {replayed} lists the replayed host tools, each after ", ".
 VERIFY_FRESH_REPL = (
     "checks run in a fresh REPL: only context, docs, df, chunk{replayed} exist there; "

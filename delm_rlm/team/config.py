@@ -16,7 +16,7 @@ from delm_rlm.llm import Budget
 from sandbox import SandboxFactory, SandboxSpec
 
 TeamMode = Literal["hybrid", "delm"]
-PlanMode = Literal["split", "model"]
+PlanMode = Literal["auto", "whole", "split", "model"]
 # What a run's meta stores for a sandbox given as a factory (it cannot be stored).
 CUSTOM_SANDBOX = "custom"
 
@@ -26,7 +26,7 @@ class TeamConfig(BaseModel):
 
     agents: int = Field(default=4, ge=1, le=256)
     mode: TeamMode = "hybrid"
-    plan: PlanMode = "split"
+    plan: PlanMode = "auto"
     sandbox: str = "local"
     # The local kernel's isolation: auto (bubblewrap, else refuse), bubblewrap, unshare, none.
     isolation: Literal["auto", "bubblewrap", "unshare", "none"] = "auto"
@@ -52,12 +52,17 @@ class TeamConfig(BaseModel):
     votes: int = Field(default=3, ge=1)
     resolve_conflicts: bool = True
     classify_votes: int = Field(default=1, ge=1)
+    # Coverage rule of verify.agreement (a counts partial accounts for its chunk's records):
+    # the share of records its counts may miss; None turns the rule off.
+    coverage_tolerance: float | None = Field(default=0.1, ge=0.0, lt=1.0)
     budget: Budget | None = None
 
     @model_validator(mode="after")
-    def _has_a_chunk_size(self) -> TeamConfig:
+    def _settings_fit_together(self) -> TeamConfig:
         if self.chunk_chars is None and self.chunk_tokens is None:
             raise ValueError("give a chunk size: chunk_chars=... or chunk_tokens=...")
+        if self.plan == "whole" and self.mode != "hybrid":
+            raise ValueError("plan='whole' runs one program over the corpus: it needs mode='hybrid'")
         return self
 
     @property

@@ -1,6 +1,11 @@
 """The hybrid role: each agent is an RLM loop in its own sandbox, whose REPL also holds the
 team's tools and the task's slice (`chunk`, `chunk_doc`, `chunk_start`, `chunk_end`); the
-finalizer aggregates the admitted values in code (with `add_up`)."""
+finalizer aggregates the admitted values in code (with `add_up` or `combine`).
+
+A chunk task is first offered to the team's newest admitted method (team/sharing.py): no
+model call when it works; when it fails, the agent's prompt holds why. The whole plan's one
+task is worked with the RLM's own prompts (no team tools in the prompt, so it costs what RLM
+alone does), its answer verified by replaying the agent's code before the agent stops."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from delm_rlm.state.queue import Task
 from delm_rlm.team.finalizer import ADD_UP_CODE
 from delm_rlm.team.role import FinalRound, Role, RoundOutcome, TaskOutcome
 from delm_rlm.team.run import FINAL_TASK_ID, AgentState, TeamRun
+from delm_rlm.team.sharing import serve_by_method
 from delm_rlm.team.tools import register_team_tools
 from delm_rlm.verify import Verdict
 from sandbox import ExecResult, Sandbox
@@ -82,6 +88,12 @@ class HybridRole(Role):
     async def work(self, task: Task) -> TaskOutcome:
         run, state = self.run, self.state
         chunk = state.chunk
+        served, method_note = await serve_by_method(run, state, task)
+        if served is not None and served.ok:
+            state.verdicts.append(served)
+            run.trace.emit("agent_step", agent=state.agent_id, task=task.id,
+                           action=f"served by method {state.verdicts[-1].reason} (no model call)")
+            return TaskOutcome(served.output.strip() if served.output else None, None)
         if chunk is not None:
             setup = (f"chunk_doc, chunk_start, chunk_end = {chunk.doc}, {chunk.start}, {chunk.end}\n"
                      "chunk = docs[chunk_doc][chunk_start:chunk_end]")
@@ -93,12 +105,17 @@ class HybridRole(Role):
         if not result.ok:
             return TaskOutcome(None, f"could not set the task's variables in the REPL: {result.error}")
         retry = prompts.TEAM_RETRY.format(reason=task.last_error) if task.last_error else ""
-        message = prompts.TEAM_TASK.format(
-            agent=state.agent_id, task_id=task.id, goal=task.goal, question=run.question,
-            chunk_desc=run.chunk_desc(chunk),
-            chunk_lines=prompts.sample_lines(run.chunk_text(chunk)),
-            gists=run.context.prompt_view(run.config.gist_tokens), retry=retry,
-        )
+        whole = task.id == run.whole_task
+        if whole:  # RLM alone, verified: its prompts, no team tools in them
+            message, tools_doc = run.question + (f"\n\n{retry}" if retry else ""), ""
+        else:
+            message = prompts.TEAM_TASK.format(
+                agent=state.agent_id, task_id=task.id, goal=task.goal, question=run.question,
+                chunk_desc=run.chunk_desc(chunk),
+                chunk_lines=prompts.sample_lines(run.chunk_text(chunk)),
+                gists=run.context.prompt_view(run.config.gist_tokens), retry=retry + method_note,
+            )
+            tools_doc = prompts.TEAM_TOOLS_DOC + "\n" + prompts.LABEL_RULES_TOOLS_DOC
         answer_verdicts: list[Verdict] = []
 
         async def accept(answer: str, cells: Sequence[Cell]) -> str | None:
@@ -114,7 +131,7 @@ class HybridRole(Role):
 
         outcome = await self._rlm().loop(
             TaskSandbox(sb, setup).as_sandbox(), question=message, context_description=run.description,
-            extra_tools_doc=prompts.TEAM_TOOLS_DOC + "\n" + prompts.LABEL_RULES_TOOLS_DOC, lm=run.lm, agent_id=state.agent_id,
+            extra_tools_doc=tools_doc, lm=run.lm, agent_id=state.agent_id,
             task_id=task.id, role="root", trace=run.trace, accept=accept,
         )
         if outcome.status == "budget" and outcome.exceeded is not None:

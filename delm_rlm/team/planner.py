@@ -1,40 +1,100 @@
-"""A run's first tasks: one per document or line-aligned chunk (`delm_rlm.chunking`), or the
-subtasks the model proposes (`plan="model"`; an empty plan falls back to the split)."""
+"""A run's first tasks. The scout (team/scout.py) decides the plan first: "whole" is one task
+over the whole corpus; "split" is one task per document or line-aligned chunk
+(`delm_rlm.chunking`); `plan="model"` asks the model for subtasks (an empty plan falls back
+to the split). The trace's `plan_chosen` event says which plan and why.
+
+The plan also sets the verifier's agreement stage (verify/agreement.py: the chunk tasks whose
+partials must agree, the coverage tolerance, off for documents that must be read) and the
+labels its empty-result hint names; `restore_plan` sets both again on a resumed run."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from delm_rlm import prompts
-from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, split_corpus
+from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, Chunk, split_corpus
 from delm_rlm.team.run import TeamRun
+from delm_rlm.team.scout import NeedsReading, PlanChoice, choose_plan
+from delm_rlm.verify import AgreementRules
+
+WHOLE_GOAL = "Answer the team question over the whole corpus (chunk == context) with one program."
 
 
-async def plan_tasks(run: TeamRun) -> None:
-    """Queue the run's first tasks; store which chunk each split task covers."""
+async def plan_tasks(run: TeamRun, *, runs_code: bool, needs_reading: NeedsReading | None = None) -> None:
+    """Choose the plan, queue the run's first tasks, store which chunk each split task covers."""
     cfg = run.config
-    goals: list[str] = []
-    if cfg.plan == "model":
-        goals = await model_plan(run)
-    chunks: dict[str, dict[str, Any]] = {}
+    choice = choose_plan(run.question, run.corpus, runs_code=runs_code, needs_reading=needs_reading)
+    if cfg.plan != "auto":
+        asked = "split" if cfg.plan == "model" else cfg.plan
+        choice = replace(choice, plan=asked,
+                         reason=f"plan={cfg.plan!r} was asked for (the scout would choose "
+                                f"{choice.plan}: {choice.reason})")
+    if choice.plan == "whole":
+        task = run.queue.add(WHOLE_GOAL, created_by="scout")
+        record_plan(run, choice, {}, whole_task=task.id)
+        return
+    goals = await model_plan(run) if cfg.plan == "model" else []
     if goals:
         for goal in goals:
             run.queue.add(goal, created_by="planner")
+        record_plan(run, choice, {})
+        return
+    record_plan(run, choice, split_tasks(run))
+
+
+def split_tasks(run: TeamRun) -> dict[str, dict[str, Any]]:
+    """Queue one task per chunk; the chunks by task id (as stored in the run's meta)."""
+    cfg = run.config
+    if cfg.chunk_tokens is not None:
+        split = split_corpus(run.docs, size=cfg.chunk_tokens, unit="tokens",
+                             by=cfg.split_by, count_tokens=run.lm.count_tokens)
     else:
-        if cfg.chunk_tokens is not None:
-            split = split_corpus(run.docs, size=cfg.chunk_tokens, unit="tokens",
-                                 by=cfg.split_by, count_tokens=run.lm.count_tokens)
-        else:
-            split = split_corpus(run.docs, size=cfg.chunk_chars or DEFAULT_CHUNK_CHARS, by=cfg.split_by)
-        for chunk in split:
-            goal = (
-                f"Work on {chunk.describe(len(split))} for the team question; "
-                "propose your chunk's result as a PARTIAL gist."
-            )
-            task = run.queue.add(goal, created_by="split")
-            chunks[task.id] = chunk.model_dump()
-    run.store.set_meta(chunks=chunks)
+        split = split_corpus(run.docs, size=cfg.chunk_chars or DEFAULT_CHUNK_CHARS, by=cfg.split_by)
+    chunks: dict[str, dict[str, Any]] = {}
+    for chunk in split:
+        goal = (
+            f"Work on {chunk.describe(len(split))} for the team question; "
+            "propose your chunk's result as a PARTIAL gist."
+        )
+        task = run.queue.add(goal, created_by="split")
+        chunks[task.id] = chunk.model_dump()
+    return chunks
+
+
+def record_plan(run: TeamRun, choice: PlanChoice, chunks: dict[str, dict[str, Any]],
+                whole_task: str | None = None) -> None:
+    """Store the plan in the run's meta, say it in the trace, and set the run up for it."""
+    plan = {"plan": choice.plan, "reason": choice.reason, "whole_task": whole_task,
+            "labels": choice.labels, "reading": choice.reading}
+    run.store.set_meta(chunks=chunks, plan=plan)
+    run.trace.emit("plan_chosen", agent="scout", plan=choice.plan, reason=choice.reason, signals=choice.signals,
+                   whole_task=whole_task, tasks=len(chunks) or (1 if whole_task else None))
+    restore_plan(run)
+
+
+def restore_plan(run: TeamRun) -> None:
+    """Set the run's plan, chunks, agreement stage and hint labels from its meta."""
+    run.chunks = {k: Chunk.model_validate(v) for k, v in (run.store.get_meta("chunks") or {}).items()}
+    plan = run.store.get_meta("plan") or {}
+    run.plan = plan.get("plan") or "split"
+    run.whole_task = plan.get("whole_task")
+    run.verifier.label_hint = list(plan.get("labels") or [])
+    tolerance = None if plan.get("reading") else run.config.coverage_tolerance
+    run.verifier.agreement = AgreementRules(run.context, chunk_tasks=set(run.chunks), tolerance=tolerance)
+    if run.methods is not None:
+        run.methods.agreement = run.verifier.agreement
+
+
+def fall_back_to_split(run: TeamRun) -> None:
+    """A whole plan whose program was not verified: split the corpus after all."""
+    reason = f"the whole-corpus program was not verified ({run.replan}): splitting the corpus"
+    previous = run.store.get_meta("plan") or {}
+    choice = PlanChoice("split", reason, {"after": "whole"}, list(previous.get("labels") or []),
+                        bool(previous.get("reading")))
+    run.replan = None
+    record_plan(run, choice, split_tasks(run))
 
 
 async def model_plan(run: TeamRun) -> list[str]:

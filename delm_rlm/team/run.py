@@ -13,7 +13,7 @@ from delm_rlm.chunking import Chunk
 from delm_rlm.classify import ClassificationLog
 from delm_rlm.corpus import Corpus
 from delm_rlm.errors import BudgetExceeded
-from delm_rlm.gists import Provenance
+from delm_rlm.gists import Gist, Provenance
 from delm_rlm.llm import LM, Usage
 from delm_rlm.rlm import Cell
 from delm_rlm.state.context import SharedContext
@@ -21,7 +21,7 @@ from delm_rlm.state.queue import Task, TaskQueue
 from delm_rlm.state.sqlite import RunStore
 from delm_rlm.team.config import SandboxFactory, TeamConfig
 from delm_rlm.trace import Trace
-from delm_rlm.verify import Verdict, Verifier
+from delm_rlm.verify import MethodGate, Verdict, Verifier
 
 # The task id the finalizer's steps and gists are recorded under.
 FINAL_TASK_ID = "final"
@@ -40,6 +40,7 @@ class AgentState:
     added_tasks: list[str] = field(default_factory=list)
     read_ids: list[str] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)  # the current task's cells (hybrid)
+    failed_method: Gist | None = None  # the method that failed on the current task's chunk
 
     def begin_task(self, task: Task, chunk: Chunk | None) -> None:
         """Forget the previous task's verdicts and cells: `task` starts now."""
@@ -48,6 +49,7 @@ class AgentState:
         self.verdicts = []
         self.cells = []
         self.finalizing = False
+        self.failed_method = None
 
     def begin_final_round(self, last: bool) -> None:
         """The agent finalizes now; `last`: no more tasks may be added."""
@@ -84,6 +86,13 @@ class TeamRun:
     lm: LM
     sandbox_factory: SandboxFactory
     chunks: dict[str, Chunk] = field(default_factory=dict)  # task id -> its slice of the corpus
+    # The plan (team/scout.py): "whole" (one task, `whole_task`, over the whole corpus) or
+    # "split"; `replan` says why a whole plan that failed falls back to the split.
+    plan: str = "split"
+    whole_task: str | None = None
+    whole_answer: str | None = None
+    replan: str | None = None
+    methods: MethodGate | None = None  # shared methods (hybrid mode; verify/methods.py)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     finalize_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     answer: str | None = None

@@ -2,16 +2,21 @@
 
 One run, in a run directory (team/rundir.py: the store, the trace, the corpus, the pid lock):
 
-1. initialize (team/planner.py): one task per document or line-aligned chunk, size set by
-   `chunk_chars` / `chunk_tokens`, or a plan the model proposes (`plan="model"`);
+1. initialize (team/planner.py): the scout (team/scout.py) decides whether splitting pays:
+   "whole" is one agent with one verified program over the whole corpus (RLM's prompts, its
+   answer checked by replay, no finalizer; a program that is not verified falls back to the
+   split); "split" is one task per document or line-aligned chunk, size set by `chunk_chars`
+   / `chunk_tokens` (or a plan the model proposes, `plan="model"`);
 2. N agents (asyncio tasks) claim tasks under leases renewed in the background; each works
    its task in its role (team/role.py): in "hybrid" mode (team/hybrid.py) an RLM loop in its
    own sandbox, whose REPL also offers the team's tools (team/tools.py); in "delm" mode
    (team/delm.py, the DeLM paper's setting, no code execution) JSON gists read from the
    chunk in the prompt. An answer with no proposal becomes a PARTIAL gist, checked by
-   replaying the agent's code or by the judge;
+   replaying the agent's code or by the judge. Chunk partials must agree (verify/agreement.py);
+   an admitted METHOD serves later chunks with no model call (team/sharing.py);
 3. when no task is left, one agent finalizes (team/finalizer.py, role "finalizer"): it
-   reads the admitted gists and answers or adds tasks, up to `max_finalize_rounds` rounds.
+   reads the admitted gists and answers or adds tasks, up to `max_finalize_rounds` rounds;
+   partials that disagree are refused before it starts.
 
 This module holds the lifecycle (run, resume, execute, finish) and the scheduling (agents,
 claims, idle waits, lease renewal, settling a task from its verdicts). The budget covers
@@ -31,7 +36,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from delm_rlm import prompts
-from delm_rlm.chunking import Chunk
 from delm_rlm.classify import ClassificationLog
 from delm_rlm.corpus import Corpus
 from delm_rlm.errors import BudgetExceeded, ConfigError, EndpointFailing, RunStateError
@@ -45,10 +49,12 @@ from delm_rlm.team.config import CUSTOM_SANDBOX, TeamConfig
 from delm_rlm.team.delm import DelmRole
 from delm_rlm.team.finalizer import finalize_round
 from delm_rlm.team.hybrid import HybridRole
-from delm_rlm.team.planner import plan_tasks
+from delm_rlm.team.planner import fall_back_to_split, plan_tasks, restore_plan
+from delm_rlm.team.reading import route_question
 from delm_rlm.team.reading_roles import reading_role_for
 from delm_rlm.team.role import Role
 from delm_rlm.team.run import AgentState, TeamRun
+from delm_rlm.team.scout import NeedsReading
 from delm_rlm.team.rundir import (
     STORE_FILE,
     TRACE_FILE,
@@ -61,7 +67,7 @@ from delm_rlm.team.rundir import (
     usage_from_trace,
 )
 from delm_rlm.trace import Trace, TraceSubscriber, observe_model_calls
-from delm_rlm.verify import Verifier, label_rules, named_labels
+from delm_rlm.verify import MethodGate, Verifier, label_rules
 from sandbox import SandboxSpec, check_sandbox_spec, sandbox_factory
 
 # mode -> the role its agents work in; a new mode is a new Role subclass named here.
@@ -71,11 +77,13 @@ ROLES: dict[str, type[Role]] = {"hybrid": HybridRole, "delm": DelmRole}
 class Team:
     """A team of agents answering one question over a corpus (see the module docstring).
 
-    Team(lm, *, sandbox=None, run_dir=None, trace_subscribers=None, **settings)
+    Team(lm, *, sandbox=None, run_dir=None, trace_subscribers=None, needs_reading=None, **settings)
 
     lm: the gateway every model call goes through (an `LM`, or a `ScriptedLM`).
     run_dir: the run's directory (team/rundir.py); None: a new one under `default_runs_dir()`.
     trace_subscribers: callables given every trace event as it is emitted (a live view).
+    needs_reading: `(question, corpus) -> bool`, True when the corpus must be read
+        (documents, not records): the scout then splits it (None: records).
 
     Settings, keywords validated by `TeamConfig` (the default in parentheses):
     sandbox ("local"): "local" (isolated Jupyter kernels), "e2b", or a zero-argument
@@ -87,7 +95,9 @@ class Team:
     agents (4): how many agents work in parallel (1 to 256).
     mode ("hybrid"): "hybrid" (RLM agents with a REPL each) or "delm" (no code execution:
         agents answer with JSON gists).
-    plan ("split"): "split" (one task per chunk) or "model" (the model proposes subtasks).
+    plan ("auto"): "auto" (the scout decides, team/scout.py), "whole" (one agent, one
+        verified program over the whole corpus), "split" (one task per chunk) or "model"
+        (the model proposes subtasks).
     chunk_chars (20000): the split size in characters.
     chunk_tokens (None): the split size in tokens; wins when both sizes are given.
     split_by ("auto"): "auto", "documents" or "lines" (see `delm_rlm.chunking`).
@@ -113,6 +123,8 @@ class Team:
         (re-execution, else a vote); the loser is superseded.
     classify_votes (1): labellings of each item by `classify`, the majority kept (k > 1 buys
         accuracy with calls).
+    coverage_tolerance (0.1): the share of its chunk's records a partial's counts may leave
+        out (verify/agreement.py); None: no coverage rule.
     budget (None): a `Budget` for the whole team (one gateway session); exceeding it ends
         the run with status "budget" and the best partial answer.
 
@@ -127,6 +139,7 @@ class Team:
         sandbox: SandboxSpec | None = None,
         run_dir: str | Path | None = None,
         trace_subscribers: list[TraceSubscriber] | None = None,
+        needs_reading: NeedsReading | None = None,
         **settings: Any,
     ) -> None:
         if not isinstance(lm, LM):
@@ -148,6 +161,7 @@ class Team:
         self.sandbox = spec
         self.run_dir = Path(run_dir).expanduser() if run_dir is not None else None
         self.trace_subscribers = list(trace_subscribers or [])
+        self.needs_reading = needs_reading
         self.verifier: Verifier | None = None
 
     # -- public entry points ------------------------------------------------------------
@@ -234,6 +248,13 @@ class Team:
 
     # -- one run ------------------------------------------------------------------------
 
+    def _needs_reading(self, question: str, corpus: Corpus) -> bool:
+        """The scout's reading test: the caller's `needs_reading`, else the reading path's own
+        routing (team/reading.py), the same one that picks the reading roles."""
+        if self.needs_reading is not None:
+            return self.needs_reading(question, corpus)
+        return route_question(question, corpus.docs).reading
+
     async def _execute(self, run_dir: Path, store: RunStore, corpus: Corpus, question: str, *, fresh: bool) -> Result:
         """One session of a run; the caller holds the run directory (`holding_run`)."""
         cfg = self.config
@@ -260,23 +281,30 @@ class Team:
                        route=routing.path, signals=routing.signals)
             try:
                 if fresh:
-                    await plan_tasks(run)
+                    await plan_tasks(run, runs_code=role_class.runs_code, needs_reading=self._needs_reading)
                 else:
                     self._recover(run)
-                run.chunks = {k: Chunk.model_validate(v) for k, v in (store.get_meta("chunks") or {}).items()}
+                    restore_plan(run)
                 run.finalize_round = store.counter("finalize_rounds")
                 run.added_tasks = store.counter("added_tasks")
-                await self._run_agents(run, role_class)
+                # The whole plan is one agent's work: RLM alone, verified.
+                await self._run_agents(run, role_class, 1 if run.plan == "whole" else cfg.agents)
+                if run.replan is not None and run.exceeded is None:
+                    fall_back_to_split(run)
+                    run.done = asyncio.Event()
+                    await self._run_agents(run, role_class, cfg.agents)
             except BudgetExceeded as exc:
                 run.exceeded = exc
             except Exception as exc:
                 run.status, run.error = "error", f"{type(exc).__name__}: {exc}"
                 trace.emit("error", message=run.error)
             finally:
-                try:
-                    await run.verifier.close()
-                except Exception as exc:  # closing must not hide the run's outcome
-                    trace.emit("error", message=f"verifier sandbox close failed: {exc}")
+                for closing in (run.verifier, run.methods):
+                    try:
+                        if closing is not None:
+                            await closing.close()
+                    except Exception as exc:  # closing must not hide the run's outcome
+                        trace.emit("error", message=f"verifier sandbox close failed: {exc}")
             return self._finish(run, started)
         finally:
             trace.close()
@@ -300,16 +328,19 @@ class Team:
             check_timeout=cfg.check_timeout, require_check_for_values=role_class.runs_code,
             spot_check_sample=cfg.spot_check_sample, spot_check_agreement=cfg.spot_check_agreement,
             max_label_rules=cfg.max_label_rules, votes=cfg.votes, resolve_conflicts=cfg.resolve_conflicts,
-            # The question's labels, else the ones the corpus's opening names (OOLONG windows
             # list their categories in the first line, not in every question).
-            label_hint=named_labels(question) or named_labels(docs[0][:4000] if docs else ""),
         )
         self.verifier = verifier
+        # Methods are code: only a role that runs code shares them.
+        methods = MethodGate(
+            context, docs, sandbox_factory=make_sandbox, corpus_value=corpus.value, trace=trace,
+            timeout=cfg.check_timeout,
+        ) if role_class.runs_code else None
         return TeamRun(
             config=cfg, run_dir=run_dir, store=store, corpus=corpus, docs=docs, question=question,
             description=prompts.describe_context(corpus.value), trace=trace,
             queue=queue, context=context, verifier=verifier, lm=run_lm, sandbox_factory=make_sandbox,
-            classifications=classifications,
+            classifications=classifications, methods=methods,
         )
 
     def _finish(self, run: TeamRun, started: float) -> Result:
@@ -370,11 +401,11 @@ class Team:
 
     # -- scheduling ---------------------------------------------------------------------
 
-    async def _run_agents(self, run: TeamRun, role_class: type[Role]) -> None:
+    async def _run_agents(self, run: TeamRun, role_class: type[Role], count: int) -> None:
         agents = {
             f"a{i}": asyncio.create_task(self._agent(run, role_class(run, AgentState(f"a{i}"))),
                                          name=f"delm-agent-a{i}")
-            for i in range(1, self.config.agents + 1)
+            for i in range(1, count + 1)
         }
         done_wait = asyncio.create_task(run.done.wait())
         pending: set[asyncio.Task[Any]] = set(agents.values())
@@ -454,6 +485,8 @@ class Team:
                     failure = verdict.reason
             try:
                 if admitted:
+                    if task.id == run.whole_task:
+                        run.whole_answer = answer
                     run.queue.complete(task.id, state.agent_id, list(dict.fromkeys(admitted)))
                 else:
                     rejected = [v.reason for v in state.verdicts if not v.ok]

@@ -1,6 +1,8 @@
 """The team's REPL tools (`gists`, `unfold`, `propose`, `add_task`) and how an agent's
 proposal becomes a gist: partial texts tagged with their task, bare quotes located in the
-corpus (near copies mapped to the span they copy); added tasks carry goals, never bare ids."""
+corpus (near copies mapped to the span they copy); added tasks carry goals, never bare ids;
+a check offered with `method=True` (or a proposal of kind "method") becomes the team's
+method once verified (team/sharing.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ from pydantic import ValidationError
 
 from delm_rlm.chunking import Chunk
 from delm_rlm.errors import ConfigError, RunStateError
-from delm_rlm.gists import Gist
+from delm_rlm.gists import Gist, GistKind, parse_kind
 from delm_rlm.team.replies import validation_message
 from delm_rlm.state.queue import Task
 from delm_rlm.team.run import AgentState, TeamRun
 from delm_rlm.verify.fuzzy import map_quote
+from delm_rlm.team.sharing import offer_method, partial_covers
 from sandbox import Sandbox
 
 
@@ -27,13 +30,17 @@ def register_team_tools(sb: Sandbox, run: TeamRun, state: AgentState) -> None:
             found = run.context.admitted(kinds=kind)
         except ValidationError as exc:
             raise ConfigError(
-                f"unknown kind {kind!r}: use partial, fact, failure, constraint, evidence or question"
+                f"unknown kind {kind!r}: use partial, fact, failure, constraint, evidence, question or method"
             ) from exc
         state.read_ids.extend(g.id for g in found if g.id)
-        return [
-            {"id": g.id, "kind": g.kind.value, "text": g.text, "value": g.value, "support": g.support}
-            for g in found
-        ]
+        out: list[dict[str, Any]] = []
+        for g in found:
+            item = {"id": g.id, "kind": g.kind.value, "text": g.text, "value": g.value, "support": g.support}
+            if g.kind == GistKind.PARTIAL:
+                # True: its counts account for all its chunk's records (a key it lacks is 0).
+                item["complete"] = partial_covers(run, g)
+            out.append(item)
+        return out
 
     def unfold(id: str, level: int = 1) -> str:  # noqa: A002 - the REPL name agents use
         state.read_ids.append(str(id))
@@ -42,9 +49,20 @@ def register_team_tools(sb: Sandbox, run: TeamRun, state: AgentState) -> None:
     async def propose(
         kind: str, text: str, value: Any = None, check: str | None = None,
         evidence: Any = None, summary: str | None = None, tolerance: float = 0.0,
+        method: bool | str = False,
     ) -> dict[str, Any]:
         if state.task is None and not state.finalizing:
             return {"status": "rejected", "reason": "no task is claimed: nothing to propose for"}
+        combine = method if isinstance(method, str) else None
+        try:
+            if parse_kind(kind) == GistKind.METHOD:
+                if not check:
+                    return {"status": "rejected", "reason": "a method needs its code: propose('method', text, check=code)"}
+                verdict = await offer_method(run, state, code=str(check), text=str(text), claimed=value,
+                                             combine=combine)
+                return verdict.for_agent()
+        except ValueError as exc:
+            return {"status": "rejected", "reason": f"bad proposal: {exc}"}
         try:
             gist = Gist(
                 kind=kind,
@@ -71,7 +89,13 @@ def register_team_tools(sb: Sandbox, run: TeamRun, state: AgentState) -> None:
             check_vars=check_vars, reject_empty=state.first_attempt,
         )
         state.verdicts.append(verdict)
-        return verdict.for_agent()
+        reply = verdict.for_agent()
+        if method and verdict.ok and gist.check is not None and gist.kind == GistKind.PARTIAL:
+            described = gist.text.removeprefix(f"{state.task_or_final_id}: ")
+            shared = await offer_method(run, state, code=gist.check, text=described, claimed=gist.value,
+                                        combine=combine)
+            reply["method"] = shared.for_agent()
+        return reply
 
     def add_task(goal: str, deps: list[str] | None = None) -> str:
         if state.last_round:

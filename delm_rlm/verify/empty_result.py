@@ -20,9 +20,6 @@ from delm_rlm.verify.verdict import Rejection
 # `for line in chunk` walks a str character by character, so no "line" holds a field: the
 # most common cause of an empty count we saw from small models (benchmark, issue 4).
 _ITERATES_CHARACTERS = re.compile(r"\bfor\s+\w+\s+in\s+chunk\b(?!\s*[.\[(])")
-_LABEL_LIST = re.compile(
-    r"one of (?:the |\d+ )?(?:labels|categories|classes)\s*:\s*([^\n]+)", re.IGNORECASE
-)
 
 
 def is_empty_value(value: Any) -> bool:
@@ -34,7 +31,8 @@ def is_empty_value(value: Any) -> bool:
 
 def empty_result_reason(lines: int, labels: Sequence[str] = (), check: str | None = None) -> str:
     """Why an empty partial is sent back, with a classify example over `labels` (the ones
-    the question lists) or, when it lists none, over a placeholder to fill in. A `check`
+    the question or the corpus names; the team's scout finds them) or, when there are none,
+    over a placeholder to fill in. A `check`
     that loops over the chunk's characters is told so first."""
     code = (
         f"labels = classify(chunk.splitlines(), {json.dumps(list(labels), ensure_ascii=False)})\n"
@@ -42,17 +40,6 @@ def empty_result_reason(lines: int, labels: Sequence[str] = (), check: str | Non
     )
     cause = prompts.VERIFY_ITERATES_CHARACTERS if check and _ITERATES_CHARACTERS.search(check) else ""
     return cause + prompts.VERIFY_EMPTY_RESULT.format(lines=lines, labels_code=code)
-
-
-def named_labels(text: str) -> list[str]:
-    """The labels a text lists ("... where answer is one of the labels: a, b, c." or "one of
-    6 categories: 'a', 'b', ..."), in its order; [] when it lists fewer than two."""
-    found = _LABEL_LIST.search(text)
-    if not found:
-        return []
-    items = [item.strip().rstrip(".").strip().strip("'\"").strip() for item in found.group(1).split(",")]
-    items = list(dict.fromkeys(item for item in items if item))
-    return items if len(items) >= 2 else []
 
 
 def check_empty_result(gist: Gist, source: str | None, labels: Sequence[str]) -> None:

@@ -55,6 +55,7 @@ from delm_rlm.gists import CodeEvidence, Gist, GistKind, Provenance, QuoteEviden
 from delm_rlm.state.context import SharedContext
 from delm_rlm.trace import Trace
 from delm_rlm.values import collapse_whitespace
+from delm_rlm.verify.agreement import AgreementRules
 from delm_rlm.verify.code_check import CHECK_TIMEOUT_SECONDS, CheckRunner
 from delm_rlm.verify.conflicts import DEFAULT_VOTES, ConflictResolver, check_vote_count
 from delm_rlm.verify.empty_result import check_empty_result
@@ -91,6 +92,10 @@ class Verifier:
     each label dispute and each conflict; `resolve_conflicts` (True) looks for conflicts
     after every admission.
     """
+
+    # The agreement stage (verify.agreement: partials agree on schema and cover their
+    # chunk), set by a team once it has planned its chunk tasks; None: off.
+    agreement: AgreementRules | None = None
 
     def __init__(
         self,
@@ -203,6 +208,8 @@ class Verifier:
                 return self._merge(pending, duplicate.id, checks)
             if reject_empty:
                 check_empty_result(gist, source, self.label_hint)
+            if self.agreement is not None:
+                self.agreement.check(gist, source)
 
             # 2. quotes
             quotes = [e for e in gist.evidence if isinstance(e, QuoteEvidence)]
