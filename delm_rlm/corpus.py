@@ -18,9 +18,10 @@ Path rules, applied the same way to a named file and to every file found in a fo
 - `.csv`, `.tsv`, `.parquet`: a table (parquet needs the `parquet` extra: pyarrow);
 - anything else that is text (UTF-8, no NUL bytes): one document per file.
 One text file gives a single `str`; several files or a folder give documents; tables give a
-DataFrame (several tables are concatenated with a `source` column). A folder that mixes
-record files with text files gets each record as a document (`key: value` lines); tables
-(CSV/parquet) and documents do not mix in one corpus: the error says so.
+DataFrame (several tables, record files among them, are concatenated with a `source`
+column). A folder that mixes record files with text files gets each record as a document
+(`key: value` lines); tables (CSV/parquet) and text documents do not mix in one corpus: the
+error says so.
 
 Nothing is dropped without a word: what loading left out (files of a folder that are not
 text, bytes that are not UTF-8, record fields) is logged as a warning on the `delm_rlm`
@@ -152,18 +153,19 @@ class Corpus:
             else:
                 _load_file(path, str(path), loaded, strict=True)
         source = ", ".join(str(p) for p in paths)
-        if loaded.records and (loaded.docs or loaded.tables):
-            # Records beside text files (or beside CSV tables): every record becomes a document
-            # holding all its fields, so nothing of them is lost and the shapes agree.
-            for name, records in loaded.records:
-                loaded.add_records_as_documents(name, records)
+        if loaded.records and loaded.docs:
+            # Records beside text files: every record becomes a document holding all its
+            # fields, so nothing of them is lost and the shapes agree (beside CSV tables,
+            # records stay a table: the tables are concatenated below).
+            for at, name, records in reversed(loaded.records):  # reversed: each insert leaves earlier places as they are
+                loaded.add_records_as_documents(at, name, records)
             loaded.records = []
         if loaded.tables and loaded.docs:
             raise CorpusError(
                 f"cannot mix tables ({loaded.tables[0][0]}) with text documents ({loaded.names[0]}) in one corpus: "
                 "pass either tables (CSV/parquet) or text files, or convert the table to JSONL"
             )
-        tables = loaded.tables + [(name, _records_table(records)) for name, records in loaded.records]
+        tables = loaded.tables + [(name, _records_table(records)) for _, name, records in loaded.records]
         if tables:
             if len(tables) == 1:
                 return cls(tables[0][1], source=source, notes=loaded.notes)
@@ -306,7 +308,8 @@ class _Loaded:
     docs: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
-    records: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = field(default_factory=list)  # file, (name, record)
+    # (where among docs the file's records go, file, [(name, record)]): a table, unless text files join them
+    records: list[tuple[int, str, list[tuple[str, dict[str, Any]]]]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
@@ -317,10 +320,9 @@ class _Loaded:
         logger.info("%s", message)
         self.notes.append(message)
 
-    def add_records_as_documents(self, file: str, records: list[tuple[str, dict[str, Any]]]) -> None:
-        for name, record in records:
-            self.docs.append(record_text(record))
-            self.names.append(name)
+    def add_records_as_documents(self, at: int, file: str, records: list[tuple[str, dict[str, Any]]]) -> None:
+        self.docs[at:at] = [record_text(r) for _, r in records]
+        self.names[at:at] = [n for n, _ in records]
         self.note(f"{file}: {len(records):,} records read as documents, every field on its own line (key: value)")
 
 
@@ -425,7 +427,7 @@ def _add_items(file: str, items: list[tuple[str, str, Any]], loaded: _Loaded) ->
             loaded.note(f"{file}: {len(values):,} records read as documents (the text is in {text_field!r}; "
                         "every field is kept as a `key: value` line)")
             return
-        loaded.records.append((file, [(n, v) for n, _, v in items]))
+        loaded.records.append((len(loaded.docs), file, [(n, v) for n, _, v in items]))
         columns = list(dict.fromkeys(k for v in values for k in v))
         loaded.note(f"{file}: {len(values):,} records read as a table with columns {', '.join(map(str, columns))}")
         return

@@ -56,7 +56,7 @@ def doctor_checks(*, speed: bool, find_pool: Callable[[], Path]) -> list[tuple[s
     if speed:
         checks.append(("local model speed", _check_local_speed))
     checks += [("API endpoint", _check_api), ("E2B", _check_e2b), ("chromium (report tests)", _check_chromium),
-               ("extras", _check_extras), ("TREC pool (demo)", lambda: _check_pool(find_pool))]
+               ("extras", check_extras), ("TREC pool (demo)", lambda: _check_pool(find_pool))]
     return checks
 
 
@@ -169,7 +169,7 @@ def installed(module: str) -> bool:
         return False
 
 
-def _check_extras() -> tuple[bool | None, str]:
+def check_extras() -> tuple[bool | None, str]:
     missing = [f"{feature}: pip install 'delm-rlm[{extra}]'" for module, extra, feature in OPTIONAL_EXTRAS
                if not installed(module)]
     if not missing:
@@ -177,4 +177,4 @@ def _check_extras() -> tuple[bool | None, str]:
     return None, "optional, not installed: " + "; ".join(missing)
 
 
-__all__ = ["OPTIONAL_EXTRAS", "doctor_checks", "installed", "run_doctor"]
+__all__ = ["OPTIONAL_EXTRAS", "check_extras", "doctor_checks", "installed", "run_doctor"]

@@ -158,21 +158,27 @@ class OpenTelemetryExporter:
 
     def _on_task_claimed(self, event: TraceEvent) -> None:
         key = (event.agent, event.task)
-        if key in self._tasks:
-            self._tasks.pop(key).end(end_time=_ns(event))
+        for earlier in [k for k in self._tasks if k[1] == event.task]:  # a claim whose lease ran out
+            span = self._tasks.pop(earlier)
+            span.set_attribute("delm.task.outcome", "lease lost")
+            span.end(end_time=_ns(event))
         self._tasks[key] = self._start(f"task {event.task}", event, parent=self._run, attributes={
             "delm.task.id": event.task, "delm.agent.id": event.agent, "delm.task.attempt": event.data.get("attempt"),
             "delm.task.goal": _cut(self._goals.get(event.task or "", "")),
         })
 
     def _end_task(self, event: TraceEvent, outcome: str, error: str | None = None) -> None:
-        span = self._tasks.pop((event.agent, event.task), None)
-        if span is None:
-            return
-        span.set_attribute("delm.task.outcome", outcome)
-        if error is not None:
-            self._error(span, error)
-        span.end(end_time=_ns(event))
+        # The queue reports a requeue or a failure without the agent when it decides alone
+        # (a rejected result, a lease that ran out): it ends whichever claim of the task is open.
+        keys = [(event.agent, event.task)] if event.agent else [k for k in self._tasks if k[1] == event.task]
+        for key in keys:
+            span = self._tasks.pop(key, None)
+            if span is None:
+                continue
+            span.set_attribute("delm.task.outcome", outcome)
+            if error is not None:
+                self._error(span, error)
+            span.end(end_time=_ns(event))
 
     def _on_task_done(self, event: TraceEvent) -> None:
         self._end_task(event, "done")

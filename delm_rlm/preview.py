@@ -79,8 +79,10 @@ class CostPreview:
             out.append(f"budget: {', '.join(limits)} (the run stops there; it can be resumed)")
         return out
 
-    def needs_confirmation(self, *, max_tokens: int = CONFIRM_TOKENS, max_usd: float = CONFIRM_USD) -> str | None:
-        """Why this run is above the threshold, or None when it is not."""
+    def needs_confirmation(self, *, max_tokens: int | None = None, max_usd: float | None = None) -> str | None:
+        """Why this run is above the threshold (default CONFIRM_TOKENS, CONFIRM_USD), or None."""
+        max_tokens = CONFIRM_TOKENS if max_tokens is None else max_tokens
+        max_usd = CONFIRM_USD if max_usd is None else max_usd
         reasons = []
         if self.input_tokens > max_tokens:
             reasons.append(f"~{self.input_tokens:,} input tokens (over {max_tokens:,})")

@@ -179,7 +179,7 @@ def summary_table(rows: Sequence[ResultRow], methods: Sequence[str]) -> ReportTa
                     f"{_mean(r.output_tokens for r in group):,.0f}",
                     f"{_mean(r.calls for r in group):.1f}",
                     f"{_mean(r.seconds for r in group):.1f}",
-                    _dollars_per_task(group),
+                    dollars_per_task(group),
                     _score_per_dollar(group, mean_score),
                 ]
             )
@@ -242,7 +242,7 @@ def plot_scores(rows: Sequence[ResultRow], path: str | Path) -> Path:
                 if mine:
                     ax.bar(method, 100 * _mean(r.score for r in mine), label=method)
         else:
-            series = _series(kind, panel_rows, methods)
+            series = score_series(kind, panel_rows, methods)
             positions = sorted({x for points in series.values() for x, _ in points}, key=_x_order)
             index = {x: i for i, x in enumerate(positions)}
             for x, y, shared in overlapping_points(series):
@@ -275,7 +275,7 @@ def plot_scores(rows: Sequence[ResultRow], path: str | Path) -> Path:
     return out
 
 
-def _series(kind: str, rows: Sequence[ResultRow], methods: Sequence[str]) -> dict[str, list[tuple[int | str, float]]]:
+def score_series(kind: str, rows: Sequence[ResultRow], methods: Sequence[str]) -> dict[str, list[tuple[int | str, float]]]:
     """Per method, (x, score x100) points: x a context length (oolong) or a length bucket."""
     out: dict[str, list[tuple[int | str, float]]] = {}
     for method in methods:
@@ -335,7 +335,7 @@ def _mean_dollars(group: Sequence[ResultRow]) -> float | None:
     return _mean(d for d in dollars if d is not None)
 
 
-def _dollars_per_task(group: Sequence[ResultRow]) -> str:
+def dollars_per_task(group: Sequence[ResultRow]) -> str:
     mean = _mean_dollars(group)
     if mean is None:
         return "unknown"  # the same word for an unknown cost as every other report
