@@ -189,6 +189,7 @@ def test_missing_extra_names_the_install_command(
     from delm_rlm.llm import local as local_model
 
     monkeypatch.delenv("DELM_RLM_MODEL", raising=False)
+    monkeypatch.delenv("DELM_RLM_RUNS_DIR", raising=False)  # runs would go to ./runs: none must be made
     monkeypatch.chdir(tmp_path)
     # The local model's server package is missing: refused before any run starts.
     monkeypatch.setattr(local_model, "_SERVER_MODULES", ("llama_cpp_not_installed_here",))
