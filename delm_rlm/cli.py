@@ -329,7 +329,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     asked: dict[str, Any] = {}
     if (run_dir / COMMAND_FILE).is_file():
         asked = json.loads((run_dir / COMMAND_FILE).read_text(encoding="utf-8"))
-    price = parse_price(args.price) if args.price is not None else (tuple(asked["price"]) if asked.get("price") else None)
+    price = parse_price(args.price if args.price is not None else os.environ.get(PRICE_ENV))
+    if price is None and asked.get("price"):
+        price = (float(asked["price"][0]), float(asked["price"][1]))
     lm = make_lm(args.model or asked.get("model"), **lm_options(price, args.no_cache))  # type: ignore[arg-type]
     overrides: dict[str, Any] = {}
     budget = make_budget(args)

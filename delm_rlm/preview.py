@@ -144,7 +144,8 @@ def preview_cost(
         tasks = 1
         calls = min(max_iterations or 8, CALLS_PER_TASK + 1)
         per_task = calls * (lm.count_tokens(prompts.RLM_SYSTEM) + TASK_MESSAGE_TOKENS)
-        plan = [f"{method}: one agent with a REPL, up to {max_iterations or 'its default'} steps"]
+        steps = f"up to {max_iterations} steps" if max_iterations else "its default step limit"
+        plan = [f"{method}: one agent with a REPL ({steps})"]
     input_tokens = corpus_tokens + per_task * tasks
     output_tokens = OUTPUT_TOKENS_PER_CALL * calls * tasks
     price = lm.price(model)
