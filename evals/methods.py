@@ -145,11 +145,16 @@ def question_for(task: Task) -> Question:
 
 
 async def solve(name: str, task: Task, lm: LM, options: MethodOptions | None = None) -> Outcome:
-    """Method `name` on `task` through `lm` as it is (no session of its own, no timeout)."""
+    """Method `name` on `task` through `lm` as it is (no session of its own, no timeout).
+    The run writes its directory under `delm_rlm.runs.default_runs_dir()`; the detail says where."""
+    from delm_rlm.runs import new_run_dir
+
     options = options or MethodOptions()
     method = get_method(name)(options.model_copy(update={"answer_tokens": default_answer_tokens(task, options)}))
-    run = await method.answer(question_for(task), lm)
-    return Outcome(answer=run.result.answer, status=run.result.status, error=run.result.error, detail=run.detail)
+    run_dir = new_run_dir()
+    run = await method.answer(question_for(task), lm, run_dir=run_dir)
+    return Outcome(answer=run.result.answer, status=run.result.status, error=run.result.error,
+                   detail={**run.detail, "run_dir": str(run_dir)})
 
 
 # ------------------------------------------------------------------ runner

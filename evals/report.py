@@ -8,7 +8,9 @@
   price is unknown: never a division by zero);
 - OOLONG: score by context length, by task group and by window variant (labelled or not);
 - LongBench-v2: accuracy overall / easy / hard / short / medium / long;
-- a PNG plot of score against context length, one line per method.
+- a PNG plot of score against context length, one line per method (needs the `report`
+  extra: matplotlib). Methods whose points coincide are drawn side by side, each with its
+  own marker, and the shared point is labelled with their names, so no line hides another.
 
 Scores are means of the official per-task scores, printed x100 with the number of tasks in
 parentheses, as in the papers' tables.
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table as RichTable
@@ -37,6 +40,8 @@ LONGBENCH_COLUMNS: tuple[tuple[str, Callable[[ResultRow], bool]], ...] = (
 )
 OOLONG_BENCHES = ("oolong", "oolong-real")
 TASK_GROUP_ORDER = ("counting", "user", "timeline")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+PLOT_HINT = "pip install 'delm-rlm[report]' (matplotlib)"
 
 
 @dataclass
@@ -174,7 +179,7 @@ def summary_table(rows: Sequence[ResultRow], methods: Sequence[str]) -> ReportTa
                     f"{_mean(r.output_tokens for r in group):,.0f}",
                     f"{_mean(r.calls for r in group):.1f}",
                     f"{_mean(r.seconds for r in group):.1f}",
-                    _dollars_per_task(group),
+                    dollars_per_task(group),
                     _score_per_dollar(group, mean_score),
                 ]
             )
@@ -214,12 +219,16 @@ def _grouped_table(
 def plot_scores(rows: Sequence[ResultRow], path: str | Path) -> Path:
     """Score against context length, one line per method (OOLONG: nominal window tokens on a
     log axis; LongBench-v2: its short / medium / long buckets)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError(f"the plot needs matplotlib: {PLOT_HINT}", name=exc.name) from exc
 
     matplotlib.use("Agg")  # no display here, and never pop a window from a CLI
     import matplotlib.pyplot as plt
 
     methods = _ordered_methods(rows)
+    marker = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(methods)}
     oolong = [r for r in rows if r.bench in OOLONG_BENCHES and r.context_len is not None]
     longbench = [r for r in rows if r.bench == "longbench"]
     panels = [p for p in (("oolong", oolong), ("longbench", longbench)) if p[1]]
@@ -227,20 +236,24 @@ def plot_scores(rows: Sequence[ResultRow], path: str | Path) -> Path:
         panels = [("all", list(rows))]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
     for ax, (kind, panel_rows) in zip(axes[0], panels):
-        for method in methods:
-            mine = [r for r in panel_rows if r.method == method]
-            if not mine:
-                continue
-            if kind == "oolong":
-                xs = sorted({r.context_len for r in mine if r.context_len is not None})
-                ys = [100 * _mean(r.score for r in mine if r.context_len == x) for x in xs]
-                ax.plot(xs, ys, marker="o", label=method)
-            elif kind == "longbench":
-                buckets = [b for b in ("short", "medium", "long") if any(r.length == b for r in mine)]
-                ys = [100 * _mean(r.score for r in mine if r.length == b) for b in buckets]
-                ax.plot(buckets, ys, marker="o", label=method)
-            else:
-                ax.bar(method, 100 * _mean(r.score for r in mine), label=method)
+        if kind == "all":
+            for method in methods:
+                mine = [r for r in panel_rows if r.method == method]
+                if mine:
+                    ax.bar(method, 100 * _mean(r.score for r in mine), label=method)
+        else:
+            series = score_series(kind, panel_rows, methods)
+            positions = sorted({x for points in series.values() for x, _ in points}, key=_x_order)
+            index = {x: i for i, x in enumerate(positions)}
+            for x, y, shared in overlapping_points(series):
+                ax.annotate("=".join(shared), (_dodged(kind, index[x], x, 0, 1), y), textcoords="offset points",
+                            xytext=(0, 7), ha="center", fontsize=7, color="0.3")
+            for method, points in series.items():
+                xs = [_dodged(kind, index[x], x, *_slot(series, method, x, y)) for x, y in points]
+                ax.plot(xs, [y for _, y in points], marker=marker[method], label=method, alpha=0.85)
+            if kind == "longbench":
+                ax.set_xticks(range(len(positions)), [str(p) for p in positions])
+                ax.set_xlim(-0.5, len(positions) - 0.5)
         if kind == "oolong":
             ax.set_xscale("log", base=2)
             ticks = sorted({r.context_len for r in panel_rows if r.context_len is not None})
@@ -251,7 +264,7 @@ def plot_scores(rows: Sequence[ResultRow], path: str | Path) -> Path:
             ax.set_xlabel("LongBench-v2 length bucket")
             ax.set_title("LongBench-v2")
         ax.set_ylabel("score (x100)")
-        ax.set_ylim(-2, 102)
+        ax.set_ylim(-2, 108)  # room above 100 for the label of a shared point
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -260,6 +273,50 @@ def plot_scores(rows: Sequence[ResultRow], path: str | Path) -> Path:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def score_series(kind: str, rows: Sequence[ResultRow], methods: Sequence[str]) -> dict[str, list[tuple[int | str, float]]]:
+    """Per method, (x, score x100) points: x a context length (oolong) or a length bucket."""
+    out: dict[str, list[tuple[int | str, float]]] = {}
+    for method in methods:
+        mine = [r for r in rows if r.method == method]
+        if kind == "oolong":
+            xs: list[int | str] = sorted({r.context_len for r in mine if r.context_len is not None})
+            points = [(x, 100 * _mean(r.score for r in mine if r.context_len == x)) for x in xs]
+        else:
+            buckets = [b for b in ("short", "medium", "long") if any(r.length == b for r in mine)]
+            points = [(b, 100 * _mean(r.score for r in mine if r.length == b)) for b in buckets]
+        if points:
+            out[method] = points
+    return out
+
+
+def overlapping_points(series: dict[str, list[tuple[int | str, float]]]) -> list[tuple[int | str, float, list[str]]]:
+    """Points two or more methods share (same x, same score): (x, y, the methods)."""
+    at: dict[tuple[int | str, float], list[str]] = {}
+    for method, points in series.items():
+        for x, y in points:
+            at.setdefault((x, round(y, 6)), []).append(method)
+    return [(x, y, names) for (x, y), names in at.items() if len(names) > 1]
+
+
+def _slot(series: dict[str, list[tuple[int | str, float]]], method: str, x: int | str, y: float) -> tuple[int, int]:
+    """This method's place among the methods sharing its point (x, y), and how many share it."""
+    sharing = [m for m, points in series.items() if any(px == x and abs(py - y) < 1e-6 for px, py in points)]
+    return sharing.index(method), len(sharing)
+
+
+def _dodged(kind: str, position: int, x: int | str, slot: int, count: int) -> float:
+    """x moved aside for the `slot`-th of `count` methods on one point (log axis: a factor)."""
+    offset = (slot - (count - 1) / 2) * 0.08 if count > 1 else 0.0
+    if kind == "oolong":
+        return float(x) * (2 ** offset)  # type: ignore[arg-type]
+    return position + offset
+
+
+def _x_order(x: int | str) -> tuple[int, Any]:
+    order = ("short", "medium", "long")
+    return (0, x) if isinstance(x, int) else (1, order.index(x) if x in order else len(order))
 
 
 def _ordered_methods(rows: Iterable[ResultRow]) -> list[str]:
@@ -278,10 +335,10 @@ def _mean_dollars(group: Sequence[ResultRow]) -> float | None:
     return _mean(d for d in dollars if d is not None)
 
 
-def _dollars_per_task(group: Sequence[ResultRow]) -> str:
+def dollars_per_task(group: Sequence[ResultRow]) -> str:
     mean = _mean_dollars(group)
     if mean is None:
-        return "n/a"
+        return "unknown"  # the same word for an unknown cost as every other report
     if mean == 0:
         return _free_label(group)
     return f"${mean:.4f}"

@@ -299,8 +299,11 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise ImportError(f"writing {path} needs pyarrow: pip install 'delm-rlm[parquet]'", name=exc.name) from exc
 
         pq.write_table(pa.Table.from_pylist(list(rows)), path)
     elif path.suffix == ".jsonl":

@@ -26,7 +26,10 @@ def read_rows(path: str | Path) -> list[tuple[Path, int, dict[str, Any]]]:
     if not path.is_file():
         raise DatasetError(path, None, None, "file does not exist")
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise DatasetError(path, None, None, "reading parquet needs pyarrow: pip install 'delm-rlm[parquet]'") from exc
 
         try:
             rows = pq.read_table(path).to_pylist()

@@ -60,5 +60,18 @@ def private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         os.environ["DELM_RLM_CACHE_DIR"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Runs that name no directory go here, not into ./runs of wherever pytest was started."""
+    runs = tmp_path_factory.mktemp("delm-rlm-runs")
+    previous = os.environ.get("DELM_RLM_RUNS_DIR")
+    os.environ["DELM_RLM_RUNS_DIR"] = str(runs)
+    yield runs
+    if previous is None:
+        os.environ.pop("DELM_RLM_RUNS_DIR", None)
+    else:
+        os.environ["DELM_RLM_RUNS_DIR"] = previous
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")

@@ -96,3 +96,20 @@ def test_agent_toggles_and_expand_all_work(report: Path, browser) -> None:  # ty
     browser.execute_script("arguments[0].scrollIntoView()", response)
     assert response.is_displayed() and "```repl" in response.text
     assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
+
+
+def test_the_timeline_and_the_answer_graph_are_drawn(report: Path, browser) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    browser.get(report.resolve().as_uri())
+    gantt = browser.find_element(By.CSS_SELECTOR, "svg.gantt")
+    browser.execute_script("arguments[0].scrollIntoView()", gantt)
+    assert gantt.is_displayed() and gantt.size["width"] > 500
+    bars = browser.find_elements(By.CSS_SELECTOR, "svg.gantt g.bar rect")
+    assert len(bars) >= 3 and all(b.size["width"] >= 2 for b in bars)  # t1, t2 twice, the finalizer
+    graph = browser.find_element(By.CSS_SELECTOR, "svg.answer-graph")
+    browser.execute_script("arguments[0].scrollIntoView()", graph)
+    assert graph.is_displayed() and "Answer: 3" in graph.text
+    nodes = browser.find_elements(By.CSS_SELECTOR, "svg.answer-graph g.node")
+    assert len(nodes) == 2 and all("PARTIAL" in n.text for n in nodes)
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []

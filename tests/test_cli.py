@@ -190,6 +190,7 @@ def test_missing_extra_names_the_install_command(
     from delm_rlm.llm import local as local_model
 
     monkeypatch.delenv("DELM_RLM_MODEL", raising=False)
+    monkeypatch.delenv("DELM_RLM_RUNS_DIR", raising=False)  # runs would go to ./runs: none must be made
     monkeypatch.chdir(tmp_path)
     # The local model's server package is missing: refused before any run starts.
     monkeypatch.setattr(local_model, "_SERVER_MODULES", ("llama_cpp_not_installed_here",))
@@ -237,3 +238,170 @@ def test_eval_and_report_delegate_to_the_harness(tmp_path: Path, trec_pool: Path
     report = delm("report", "res.jsonl", "--markdown", "res.md", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert (tmp_path / "res.md").read_text().strip()
+
+
+# ---- issue 17: a newcomer's first hour ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", ["question first", "question last"])
+def test_ask_keeps_the_question_before_or_after_the_context_paths(fruit: Path, tmp_path: Path, order: str) -> None:
+    (tmp_path / "more.txt").write_text("apple cider\n")
+    paths = [str(fruit), str(tmp_path / "more.txt")]
+    args = ["ask", QUESTION, "--context", *paths] if order == "question first" else ["ask", "--context", *paths, QUESTION]
+    proc = delm(*args, "--method", "rlm", "--out", "r", "--quiet", cwd=tmp_path, script="count_mentions")
+    assert proc.returncode == 0, proc.stderr
+    assert "Answer: 4" in proc.stdout  # 3 in the folder, 1 in more.txt: both paths were read
+
+
+def test_ask_without_a_question_is_a_usage_error(fruit: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["ask", "--context", str(fruit)])
+    assert exit_.value.code == 2 and "the question is missing" in capsys.readouterr().err
+
+
+def test_ask_json_prints_the_result_and_the_preview_as_json(fruit: Path, tmp_path: Path) -> None:
+    proc = delm("ask", QUESTION, "--context", str(fruit), "--method", "rlm", "--json", "--out", "j", cwd=tmp_path,
+                script="count_mentions")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)  # stdout is the JSON and nothing else
+    assert data["answer"] == "Answer: 3" and data["status"] == "answered" and data["method"] == "rlm"
+    assert data["run_dir"] == "j" and data["usage"]["calls"] == 2 and "trace" not in data
+    assert data["preview"]["estimate"] is True and data["preview"]["tasks"] == 1
+    assert "before the run (an estimate):" in proc.stderr  # the preview went to stderr
+
+
+def test_ask_prints_the_cost_preview_before_the_run(fruit: Path, tmp_path: Path) -> None:
+    proc = delm("ask", QUESTION, "--context", str(fruit), "--agents", "2", "--out", "run", cwd=tmp_path,
+                script="team_counter")
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr
+    assert err.index("before the run (an estimate):") < err.index("run started (hybrid)")
+    for needle in ("corpus: 2 documents", "plan: hybrid team of 2 agents: 2 tasks, then a finalizer",
+                   "chunk 1/2: ", "a.txt", "tasks: 3", "input tokens (estimate): ~", "prompt tokens per task x 3",
+                   "cost (estimate): $0.0000 with scripted"):
+        assert needle in err, needle
+    # The summary counts cached calls, and the live view names the files, not "doc 0, characte...".
+    assert "cached" in proc.stdout
+    assert "characte..." not in err
+
+
+def test_price_is_accepted_and_an_unknown_price_with_a_dollar_budget_is_refused_up_front(
+    fruit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import scripted_models
+    from delm_rlm.llm.scripted import ScriptedLM
+
+    made: list[object] = []
+
+    def mystery_model(model: str | None, *, price: tuple[float, float] | None = None, cache: bool = True) -> ScriptedLM:
+        lm = ScriptedLM(scripted_models.count_mentions, model="mystery-model",
+                        prices={"mystery-model": price} if price else None)
+        made.append(price)
+        return lm
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "make_lm", mystery_model)
+    monkeypatch.delenv("DELM_RLM_PRICE", raising=False)
+    base = ["ask", QUESTION, "--context", str(fruit), "--method", "rlm", "--quiet", "--budget-usd", "1"]
+    assert cli.main([*base, "--out", "r1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--budget-usd needs the price of model 'mystery-model'" in err[0] and "--price IN,OUT" in err[0]
+    assert not (tmp_path / "r1").exists()  # refused before a run directory was made
+
+    assert cli.main([*base, "--out", "r2", "--price", "0.15,0.60"]) == 0
+    assert made[-1] == (0.15, 0.60) and "Answer: 3" in capsys.readouterr().out
+    monkeypatch.setenv("DELM_RLM_PRICE", "1,2")
+    assert cli.main([*base, "--out", "r3"]) == 0 and made[-1] == (1.0, 2.0)
+    with pytest.raises(cli.CLIError, match="two numbers"):
+        cli.parse_price("cheap")
+
+
+def test_a_large_run_needs_yes_without_a_terminal(
+    fruit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from delm_rlm import preview
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DELM_RLM_MODEL", "scripted:scripted_models:count_mentions")
+    monkeypatch.setattr(preview, "CONFIRM_TOKENS", 10)  # every run is "large" now
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    args = ["ask", QUESTION, "--context", str(fruit), "--method", "rlm", "--quiet"]
+    assert cli.main([*args, "--out", "no"]) == 2
+    err = capsys.readouterr().err
+    assert "before the run (an estimate):" in err  # shown even with --quiet: it is what is refused
+    assert err.strip().splitlines()[-1].startswith("error: this run is large") and "pass --yes" in err
+    assert not (tmp_path / "no").exists()
+    assert cli.main([*args, "--out", "yes", "--yes"]) == 0
+
+
+def test_a_budget_stop_says_how_to_resume_and_resume_finishes_the_run(fruit: Path, tmp_path: Path) -> None:
+    stopped = delm("ask", QUESTION, "--context", str(fruit), "--agents", "2", "--budget-tokens", "2000", "--out", "run",
+                   cwd=tmp_path, script="team_counter")
+    assert stopped.returncode == 1, stopped.stderr
+    assert "status: budget" in stopped.stdout
+    assert "finish it with `delm-rlm resume run`" in stopped.stderr
+    resumed = delm("resume", "run", "--budget-tokens", "1000000", cwd=tmp_path, script="team_counter")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Answer: 3" in resumed.stdout
+    events = Trace.load(tmp_path / "run" / "trace.jsonl")
+    starts = [e for e in events if e.kind == "run_started"]
+    assert [e.data["config"]["resumed"] for e in starts] == [False, True]
+    assert [e.data["status"] for e in events if e.kind == "run_finished"] == ["budget", "answered"]
+    # Finished: resuming again returns the stored answer without running anything.
+    again = delm("resume", "run", "--json", cwd=tmp_path, script="team_counter")
+    assert again.returncode == 0 and json.loads(again.stdout)["answer"] == "Answer: 3"
+    assert len([e for e in Trace.load(tmp_path / "run" / "trace.jsonl") if e.kind == "run_started"]) == 2
+    nothing = delm("resume", "nowhere", cwd=tmp_path, script="team_counter")
+    assert_one_line_error(nothing, 2, "only team runs (--method hybrid) can be resumed")
+
+
+def test_version_sandbox_isolation_and_cache_flags(fruit: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from delm_rlm import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"delm-rlm {__version__}"
+    args = cli.parse_args(cli.build_parser(), ["ask", "Q", "--context", str(fruit), "--sandbox", "e2b",
+                                                "--isolation", "unshare", "--max-tasks", "8", "--no-cache"])
+    options = cli.method_options(args)
+    assert options.sandbox == "e2b" and options.team == {"isolation": "unshare", "max_tasks": 8}
+    assert options.rlm == {"isolation": "unshare"} and args.no_cache
+    with pytest.raises(SystemExit):
+        cli.main(["ask", "Q", "--context", str(fruit), "--isolation", "docker"])
+    assert "invalid choice: 'docker'" in capsys.readouterr().err
+    # --isolation reaches the agent's kernel: "none" runs where no isolation is available too.
+    proc = delm("ask", QUESTION, "--context", str(fruit), "--method", "rlm", "--isolation", "none", "--no-cache",
+                "--quiet", "--out", "iso", cwd=tmp_path, script="count_mentions")
+    assert proc.returncode == 0, proc.stderr
+    assert "Answer: 3" in proc.stdout
+
+
+def test_runs_go_under_delm_rlm_runs_dir_for_the_cli_as_for_the_api(fruit: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from delm_rlm.runs import default_runs_dir
+
+    runs = tmp_path / "my-runs"
+    proc = delm("ask", QUESTION, "--context", str(fruit), "--method", "rlm", "--quiet", cwd=tmp_path,
+                script="count_mentions", DELM_RLM_RUNS_DIR=str(runs))
+    assert proc.returncode == 0, proc.stderr
+    (run,) = runs.iterdir()
+    assert (run / "trace.jsonl").is_file() and f"run: {run}" in proc.stdout
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.delenv("DELM_RLM_RUNS_DIR", raising=False)
+    assert default_runs_dir() == Path("runs")
+    monkeypatch.setenv("DELM_RLM_RUNS_DIR", str(runs))
+    assert default_runs_dir() == runs
+
+
+def test_doctor_prints_install_commands_as_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from delm_rlm import doctor
+
+    monkeypatch.setattr(doctor, "OPTIONAL_EXTRAS", (("no_such_module_here.sub", "otel", "OpenTelemetry export"),))
+    monkeypatch.setattr(doctor, "doctor_checks", lambda **_: [("extras", doctor.check_extras)])
+    out = StringIO()
+    doctor.run_doctor(Console(file=out, width=200), speed=False, find_pool=lambda: Path("x"))
+    assert "pip install 'delm-rlm[otel]'" in out.getvalue()  # rich markup would have eaten "[otel]"

@@ -163,3 +163,98 @@ async def test_text_is_the_repl_context_for_every_shape() -> None:
             assert await sb.get_variable("context") == corpus.text
     assert Corpus(["a", "b"]).text == "a\n\nb"
     assert Corpus(pd.DataFrame({"x": [1]})).text == "x\n1\n"
+
+
+# ---- records reach the agents whole (issue 17) ---------------------------------------------------
+
+
+def _log_records(n: int = 300) -> list[dict]:
+    return [{"ts": f"2025-01-01T00:00:{i:03d}", "level": "ERROR" if i % 5 == 0 else "INFO",
+             "service": ["api", "db"][i % 2], "msg": "upstream timeout" if (7 * i) % n < 134 else "served"} for i in range(n)]
+
+
+def test_jsonl_log_records_are_a_table_with_every_field(tmp_path: Path) -> None:
+    records = _log_records()
+    f = tmp_path / "logs.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in records))
+    c = Corpus.from_paths([f])
+    assert c.kind == "table"
+    assert list(c.value.columns) == ["ts", "level", "service", "msg"]
+    pd.testing.assert_frame_equal(c.value, pd.DataFrame(records))  # what pandas.read_json(lines=True) gives
+    # The question of the issue: every record's message is there to count (not just its timestamp).
+    true_count = sum("timeout" in r["msg"] for r in records)
+    assert true_count == 134 and sum("timeout" in d for d in c.docs) == true_count
+    assert c.docs[0] == "ts: 2025-01-01T00:00:000 | level: ERROR | service: api | msg: upstream timeout"
+    assert any("300 records read as a table with columns ts, level, service, msg" in n for n in c.notes)
+
+
+def test_records_with_one_long_text_field_are_documents_holding_every_field(tmp_path: Path) -> None:
+    body = "The reviewer liked the battery but not the screen. " * 8
+    records = [{"id": i, "title": f"review {i}", "stars": i % 5, "text": body} for i in range(3)]
+    f = tmp_path / "reviews.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in records))
+    c = Corpus.from_paths([f])
+    assert c.kind == "documents"
+    assert c.docs[1] == f"id: 1\ntitle: review 1\nstars: 1\ntext: {body}"
+    assert c.names == [f"{f}:1", f"{f}:2", f"{f}:3"]
+
+
+def test_what_is_left_out_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = tmp_path / "mixed.jsonl"
+    f.write_text('{"id": 1, "text": "first"}\n{"id": 2, "title": "second", "body": "x"}\n"third"\n')
+    with caplog.at_level("WARNING", logger="delm_rlm"):
+        c = Corpus.from_paths([f])
+    assert c.value == ["first", "second", "third"]
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "'id' (2x)" in warning and "'body' (1x)" in warning and "left out" in warning
+    assert warning in c.notes
+    # A folder: a binary file is skipped with a word, and bytes that are not UTF-8 are named.
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("apple")
+    (folder / "b.txt").write_bytes(b"x" * 9000 + b" caf\xe9")  # valid UTF-8 where the type is sniffed, not after
+    (folder / "logo.png").write_bytes(b"\x89PNG\x00\x00")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="delm_rlm"):
+        c = Corpus.from_paths([folder])
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("skipped 1 file(s) that are not text: logo.png" in m for m in messages)
+    assert any("b.txt: 1 byte sequence(s) are not UTF-8" in m for m in messages)
+    assert c.docs == ["apple", "x" * 9000 + " caf\ufffd"]
+
+
+def test_records_beside_text_files_become_documents(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("the service logs")
+    (tmp_path / "logs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _log_records(2)))
+    c = Corpus.from_paths([tmp_path])
+    assert c.kind == "documents"
+    assert c.docs[0] == "ts: 2025-01-01T00:00:000\nlevel: ERROR\nservice: api\nmsg: upstream timeout"
+    assert c.docs[-1] == "the service logs" and len(c) == 3
+
+
+def test_saved_corpus_round_trips_with_or_without_pyarrow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = pd.DataFrame({"n": [1, 2], "label": ["spam", "ham"], "x": [0.5, None]})
+    for corpus in (Corpus("one text"), Corpus(["a", "b"], names=["x.txt", "y.txt"]), Corpus(table, notes=["n1"])):
+        folder = tmp_path / corpus.kind
+        folder.mkdir()
+        corpus.save(folder)
+        back = Corpus.load(folder)
+        assert (back.kind, back.names, back.notes) == (corpus.kind, corpus.names, corpus.notes)
+        assert back.docs == corpus.docs
+    assert (tmp_path / "table" / "corpus.parquet").is_file()
+
+    def no_pyarrow(*args: object, **kwargs: object) -> None:
+        raise ImportError("Unable to find a usable engine; tried using: 'pyarrow'")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", no_pyarrow)
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    Corpus(table).save(folder)
+    assert (folder / "corpus.table.json").is_file() and not (folder / "corpus.parquet").exists()
+    pd.testing.assert_frame_equal(Corpus.load(folder).value, table)
+
+
+def test_numbers_in_a_row_render_as_in_the_repl() -> None:
+    table = pd.DataFrame({"n": [1, 2], "x": [0.5, 1.5]})  # a float row would make n 1.0 if read by .iloc[i]
+    c = Corpus(table)
+    assert c.doc(0) == c.docs[0] == "n: 1 | x: 0.5"

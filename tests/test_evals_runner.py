@@ -210,3 +210,11 @@ def test_lm_errors_name_the_task(oolong_tasks: list[Task], tmp_path: Path) -> No
     lm = ScriptedLM([])  # exhausted at once: every call fails with an LMError
     rows = run(oolong_tasks[:1], tmp_path / "run.jsonl", lm)
     assert rows[0].status == "error" and LMError.__name__ in (rows[0].error or "")
+
+
+def test_every_row_records_its_run_directory(oolong_tasks: list[Task], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELM_RLM_RUNS_DIR", str(tmp_path / "runs"))
+    lm = ScriptedLM(lambda messages, role: "Answer: 1")
+    (row,) = run(oolong_tasks[:1], tmp_path / "rows.jsonl", lm, methods="direct")
+    run_dir = Path(row.detail["run_dir"])
+    assert run_dir.parent == tmp_path / "runs" and (run_dir / "trace.jsonl").is_file()

@@ -6,7 +6,7 @@ from io import StringIO
 
 from rich.console import Console
 
-from delm_rlm.live import LiveView
+from delm_rlm.live import LiveView, ProgressLines
 from delm_rlm.llm import Budget
 from delm_rlm.trace import Trace
 
@@ -104,3 +104,43 @@ def test_unknown_price_shows_as_unknown_cost() -> None:
     trace.emit("model_call", agent="a1", role="root", model="x", input_tokens=5, output_tokens=5, seconds=0.1,
                cached=False, cost_usd=0.5, prompt="", response="")
     assert "$?" in view.state.usage_line()
+
+
+def test_progress_lines_for_the_python_api_name_files_and_count_cached_calls() -> None:
+    lines: list[str] = []
+    progress = ProgressLines(lines.append, names=["notes/a.txt", "notes/b.md"])
+    trace = Trace(subscribers=[progress])
+    trace.emit("run_started", question="How many apples?", method="hybrid", corpus="2 documents")
+    trace.emit("task_created", task="t1", goal="Work on chunk 1 of 2: doc 0, characters 0-33 (3 lines) for the team question; ...")
+    trace.emit("task_claimed", agent="a1", task="t1", attempt=1, lease_s=60)
+    trace.emit("model_call", agent="a1", task="t1", role="root", model="m", input_tokens=5, output_tokens=5, seconds=0.1,
+               cached=True, cost_usd=0.0, prompt="", response="")
+    assert lines[0].endswith("run started (hybrid): How many apples?")
+    assert lines[1].endswith("t1 created: chunk 1/2: notes/a.txt")
+    assert lines[2].endswith("a1 t1 claimed (attempt 1): chunk 1/2: notes/a.txt")
+    assert lines[3].endswith("(cached)")
+    view = LiveView(Console(file=StringIO(), force_terminal=True, width=140, color_system=None), names=["notes/a.txt"])
+    trace.subscribe(view)
+    trace.emit("task_created", task="t1", goal="Work on chunk 1 of 2: doc 0, characters 0-33 (3 lines) for the team question")
+    trace.emit("task_claimed", agent="a1", task="t1", attempt=2, lease_s=60)
+    screen = StringIO()
+    Console(file=screen, force_terminal=True, width=140, color_system=None).print(view.render())
+    assert "t1: chunk 1/2: notes/a.txt" in screen.getvalue() and "characte..." not in screen.getvalue()
+    assert progress.state.usage_line().startswith("calls 1 (1 cached), tokens 10, $0.0000")
+    trace.emit("model_call", agent="a1", task="t1", role="root", model="m", input_tokens=5, output_tokens=5, seconds=0.1,
+               cached=False, cost_usd=None, prompt="", response="")
+    assert progress.state.usage_line().startswith("calls 2 (1 cached), tokens 20, $? (cost unknown)")
+
+
+def test_a_broken_subscriber_is_logged_once_and_never_breaks_the_run(caplog) -> None:  # type: ignore[no-untyped-def]
+    def broken(event: object) -> None:
+        raise RuntimeError("viewer bug")
+
+    trace = Trace(subscribers=[broken])
+    with caplog.at_level("WARNING", logger="delm_rlm"):
+        trace.emit("run_started", question="q", method="rlm", corpus="c")
+        trace.emit("error", message="later")
+    assert len(trace.events) == 2
+    assert [r.getMessage() for r in caplog.records].count(
+        f"trace subscriber {broken!r} failed on a run_started event (its later failures are not logged)") == 1
+    assert len(caplog.records) == 1

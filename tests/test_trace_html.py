@@ -149,3 +149,49 @@ def _card(page: str, gist_id: str) -> str:
 if os.environ.get("DELM_RLM_KEEP_REPORT"):  # a person can look at the page: writes it beside the tests
     def test_keep_report(real_run: Path) -> None:
         write_html(real_run, Path(os.environ["DELM_RLM_KEEP_REPORT"]))
+
+
+def test_tasks_name_their_agents_and_the_report_draws_the_timeline_and_the_answer_graph(real_run: Path) -> None:
+    report = RunReport.load(real_run)
+    page = report.to_html()
+    events = Trace.load(real_run / "trace.jsonl")
+    claimers = {e.task: e.agent for e in events if e.kind == "task_claimed"}
+    tasks = page[page.index('<section id="tasks">'):page.index('<section id="timeline">')]
+    for row in report.tasks():
+        assert row["agents"], row  # the store's lease holder is empty once a task is done
+        assert claimers[row["id"]] in row["agents"]
+    assert "<td>a1</td>" in tasks or "<td>a2</td>" in tasks or "<td>a2, a1</td>" in tasks or "<td>a1, a2</td>" in tasks
+    assert "chunk 1/2: doc 0" in tasks and "chunk 2/2: doc 1" in tasks  # labels, the full goal folded below
+    # The Gantt chart: a row per agent, a bar per claim (t2's rejected first try is one), ticks for calls.
+    gantt = page[page.index('<svg class="gantt"'):page.index("</svg>", page.index('<svg class="gantt"'))]
+    assert ">a1</text>" in gantt and ">a2</text>" in gantt
+    assert gantt.count('<g class="bar done">') == 2 and gantt.count('<g class="bar requeued">') == 1
+    assert gantt.count('class="tick"') == len([e for e in events if e.kind == "model_call"])
+    # The answer graph: the gists it rests on, their values, the answer, and the finalizer's totals.
+    graph = page[page.index('<section id="answer-graph">'):page.index('<section id="usage">')]
+    for gid in report.answer_gist_ids:
+        assert f'href="#gist-{gid}"' in graph and f">{gid} PARTIAL = " in graph
+    assert ">Answer: 3</text>" in graph and "the finalizer's totals" in graph
+    assert report.finalizer_totals() and html.escape(report.finalizer_totals()) in graph
+
+
+def test_unknown_costs_say_unknown_and_quotes_name_their_files(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "corpus.json").write_text(json.dumps({"kind": "documents", "names": ["notes/a.txt", "notes/b.md"],
+                                                       "value": ["x", "y"], "source": "notes"}))
+    trace = Trace(tmp_path / "trace.jsonl")
+    trace.emit("run_started", question="q", method="hybrid", corpus="c")
+    trace.emit("task_created", task="t1", goal="Work on chunk 1 of 1: doc 1, characters 0-1 (1 lines) for the team", deps=[])
+    trace.emit("task_claimed", agent="a1", task="t1", attempt=1, lease_s=60)
+    trace.emit("model_call", agent="a1", task="t1", role="root", model="mystery", input_tokens=9, output_tokens=1,
+               seconds=0.1, cached=True, cost_usd=None, prompt="p", response="r")
+    trace.emit("gist_proposed", agent="a1", task="t1", gist={"id": "g1", "kind": "fact", "text": "y is there",
+                                                              "evidence": [{"type": "quote", "doc": 1, "start": 0, "end": 1, "quote": "y"}]})
+    trace.emit("run_finished", status="answered", answer="yes", usage={"calls": 1, "cached_calls": 1, "cost_usd": None})
+    trace.close()
+    page = RunReport.load(tmp_path).to_html()
+    assert "$?" not in page and "cost unknown" in page and "<td>unknown</td>" in page
+    assert "quote, doc 1 (notes/b.md) [0:1]" in page
+    assert "chunk 1/1: notes/b.md" in page
+    assert "<td>1</td><td>1</td>" in page  # one call, one of them cached

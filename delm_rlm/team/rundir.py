@@ -16,7 +16,6 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import pandas as pd
 from delm_rlm.corpus import Corpus
 from delm_rlm.errors import RunStateError
 from delm_rlm.llm import Usage
+from delm_rlm.runs import default_runs_dir, new_run_id
 from delm_rlm.state.sqlite import RunStore
 from delm_rlm.trace import TraceEvent
 
@@ -34,20 +34,6 @@ PID_FILE = "run.pid"
 LOCK_FILE = "run.lock"
 CORPUS_FILE = "corpus.json"
 CORPUS_TABLE_FILE = "corpus.parquet"  # a table corpus's rows, beside CORPUS_FILE
-
-
-def default_runs_dir() -> Path:
-    """$DELM_RLM_RUNS_DIR, else <cache dir>/runs ($DELM_RLM_CACHE_DIR or ~/.cache/delm-rlm)."""
-    if os.environ.get("DELM_RLM_RUNS_DIR"):
-        return Path(os.environ["DELM_RLM_RUNS_DIR"]).expanduser()
-    base = os.environ.get("DELM_RLM_CACHE_DIR") or "~/.cache/delm-rlm"
-    return Path(base).expanduser() / "runs"
-
-
-def new_run_id() -> str:
-    """A fresh run directory name: UTC time, pid and a random suffix."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{os.getpid()}-{os.urandom(3).hex()}"
 
 
 def stored_question(store_path: Path) -> str | None:
