@@ -136,17 +136,18 @@ MIGRATIONS: dict[int, Migration] = {0: _create_v1}
 
 def stored_version(conn: psycopg.Connection[Any], shown: str) -> int:
     """The database's delm-rlm schema version; 0 when it has no delm_rlm schema."""
-    has_schema, has_info = conn.execute(
-        "SELECT to_regnamespace(%s) IS NOT NULL, to_regclass(%s) IS NOT NULL",
-        (SCHEMA, f"{SCHEMA}.schema_info"),
-    ).fetchone() or (False, False)
+    # Plain reads of the catalogs (not to_regclass, whose cache may not yet know what another
+    # session created while this one waited for the schema lock).
+    has_schema, tables, has_info = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s), "
+        "(SELECT count(*) FROM pg_tables WHERE schemaname = %s), "
+        "EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'schema_info')",
+        (SCHEMA, SCHEMA, SCHEMA),
+    ).fetchone() or (False, 0, False)
     if not has_schema:
         return 0
     if not has_info:
-        foreign = conn.execute(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (SCHEMA,)
-        ).fetchone()
-        if foreign and foreign[0]:
+        if tables:
             raise StoreError(
                 f"{shown}: the schema {SCHEMA} holds tables that are not a delm-rlm store "
                 f"(no {SCHEMA}.schema_info); use another database"
