@@ -374,6 +374,18 @@ def test_openers_racing_on_a_fresh_database_create_the_schema_once(own_database:
         s.close()
 
 
+def test_text_postgres_cannot_hold_is_a_config_error_and_changes_nothing(
+    postgres_url: str, runs: list[PostgresRunStore]
+) -> None:
+    store = PostgresRunStore(postgres_url)
+    runs.append(store)
+    queue = TaskQueue(store)
+    with pytest.raises(ConfigError, match="cannot store"):
+        queue.add("a goal with a \x00 byte")  # PostgreSQL text has no NUL; SQLite's has
+    assert queue.all() == [] and queue.add("a fine goal").id == "t1"
+    assert store.add_gist(Gist(kind="fact", text="JSON escapes \x00 in gists")).id == "g1"
+
+
 def test_a_damaged_blob_is_refused_on_read(postgres_url: str, runs: list[PostgresRunStore]) -> None:
     store = PostgresRunStore(postgres_url)
     runs.append(store)

@@ -178,8 +178,11 @@ def test_check_store_names_missing_privileges(postgres_url: str, store: Postgres
         assert report.reachable and not report.ok and report.user == role
         assert report.privileges["SELECT on delm_rlm.tasks"] and not report.privileges["INSERT on delm_rlm.tasks"]
         assert "INSERT on delm_rlm.gists" in report.problems[0] and "GRANT" in report.problems[0]
+        reader = PostgresRunStore(as_reader, store.run_id)  # reading needs only SELECT
+        assert reader.meta().schema_version == report.code_schema_version
         with pytest.raises(StoreError, match="needs USAGE on schema delm_rlm"):
-            PostgresRunStore(as_reader, store.run_id).add_gist(Gist(kind="fact", text="refused"))
+            reader.add_gist(Gist(kind="fact", text="refused"))
+        reader.close()
     finally:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute(f"DROP OWNED BY {role}")
@@ -199,3 +202,24 @@ def test_check_store_on_sqlite_paths(tmp_path: Path) -> None:
     conn.close()
     report = check_store(newer)
     assert not report.ok and f"v{SQLITE_SCHEMA_VERSION + 1}" in report.problems[0]
+
+
+def test_a_user_who_may_not_create_the_schema_is_told_so(postgres_url: str) -> None:
+    import psycopg
+
+    suffix = os.urandom(3).hex()
+    database, role = f"delm_fresh_{suffix}", f"delm_guest_{suffix}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    guest_url = f"{postgres_url.rsplit('/', 1)[0]}/{database}".replace("//delm@", f"//{role}@")
+    try:
+        report = check_store(guest_url)
+        assert report.reachable and report.schema_version is None and not report.ok
+        assert report.privileges["create schema"] is False and "GRANT CREATE ON DATABASE" in report.problems[0]
+        with pytest.raises(StoreError, match="may not create the delm-rlm schema"):
+            PostgresRunStore(guest_url)
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE {database} WITH (FORCE)")
+            conn.execute(f"DROP ROLE {role}")

@@ -168,12 +168,15 @@ class PostgresRunStore:
 
     # -- connection and transactions -----------------------------------------------------------
 
+    def _forget_parent(self) -> None:
+        if self._pid not in (-1, os.getpid()):
+            # A forked child: the parent's connection and transaction are neither used nor
+            # closed here (psycopg leaves a connection of another process alone).
+            self._conn, self._tx, self._depth, self._pid = None, None, 0, -1
+
     def _connection(self) -> psycopg.Connection[Any]:
+        self._forget_parent()
         pid = os.getpid()
-        if self._pid not in (-1, pid):
-            # A forked child: the parent's connection is neither used nor closed here
-            # (psycopg leaves a connection of another process alone).
-            self._conn, self._tx, self._depth = None, None, 0
         if self._conn is None or self._conn.closed:
             if self._ever_connected:
                 self._conn = connect_patiently(self.pg, self.target, self.reconnect_wait_s)
@@ -245,6 +248,7 @@ class PostgresRunStore:
         """
         waited_from = time.perf_counter()
         with self._lock:
+            self._forget_parent()
             if self._tx is not None:
                 self._check_owner()
                 if self._tx.read_only:
@@ -277,6 +281,7 @@ class PostgresRunStore:
         """Consistent reads over several statements (one REPEATABLE READ snapshot, no lock);
         inside a transaction, reads through it."""
         with self._lock:
+            self._forget_parent()
             if self._tx is not None:
                 self._check_owner()
                 yield self._tx

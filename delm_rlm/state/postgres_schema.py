@@ -91,6 +91,10 @@ CREATE TABLE delm_rlm.tasks (
     UNIQUE (run_id, id)
 );
 CREATE INDEX tasks_state ON delm_rlm.tasks (run_id, state, seq);
+-- A claim reads the oldest READY task and the reaper the expired leases: partial indexes keep
+-- both reads short however many tasks are done or claimed.
+CREATE INDEX tasks_ready ON delm_rlm.tasks (run_id, seq) WHERE state = 'ready';
+CREATE INDEX tasks_leases ON delm_rlm.tasks (run_id, lease_expires) WHERE state = 'claimed';
 CREATE TABLE delm_rlm.run_counters (
     run_id text NOT NULL REFERENCES delm_rlm.runs ON DELETE CASCADE,
     name   text NOT NULL,                      -- e.g. 'finalize_rounds', 'added_tasks'
@@ -174,6 +178,8 @@ def ensure_schema(
 ) -> int:
     """Bring the database to schema `target` (see the module docstring); returns the version
     it had before. `conn` must be an autocommit connection with no transaction open."""
+    from psycopg import errors  # a connection came from psycopg, so it is installed
+
     found = stored_version(conn, shown)
     check_not_newer(found, target, shown)
     if found == target:
@@ -186,7 +192,14 @@ def ensure_schema(
         for step in range(found, target):
             if step not in migrations:
                 raise StoreError(f"{shown}: no migration from store schema v{step} to v{step + 1}")
-            migrations[step](conn)
+            try:
+                migrations[step](conn)
+            except errors.InsufficientPrivilege as exc:
+                what = "create" if step == 0 else f"migrate it from v{step}"
+                raise StoreError(
+                    f"{shown}: this database user may not {what} the delm-rlm schema ({exc}); "
+                    "GRANT CREATE ON DATABASE to it, or open the store once as the owner"
+                ) from exc
         if found < target:
             conn.execute(
                 f"INSERT INTO {SCHEMA}.schema_info(version) VALUES (%s) ON CONFLICT (singleton) "

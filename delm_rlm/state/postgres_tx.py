@@ -268,6 +268,10 @@ class PostgresTx:
             return [_task_from_row(r) for r in self.execute(sql, args).fetchall()]
         # The reaper's scan, under the shared lock: usually empty, and claims in flight cannot
         # add to it. Found leases will be changed: take the exclusive lock and read again.
+        # (`state = 'claimed'` spelled out, so the partial index tasks_leases serves it.)
+        sql = (f"SELECT {_TASK_SELECT} FROM delm_rlm.tasks WHERE run_id = %s AND state = 'claimed' "
+               "AND lease_expires <= %s ORDER BY seq")
+        args = [self._run, lease_expires_by]
         rows = self.execute(sql, args, lock=_SHARED, keeps_result=False).fetchall()
         if rows:
             self._need(_EXCLUSIVE)

@@ -2,7 +2,8 @@
 classification log and the report read and write, and nothing about how it is stored.
 
 `RunState` is one run's store; `StateTransaction` is what its `transaction()` and `reading()`
-hand out. `delm_rlm.state.sqlite.RunStore` implements both on one SQLite file. Another
+hand out. `delm_rlm.state.sqlite.RunStore` implements both on one SQLite file,
+`delm_rlm.state.postgres.PostgresRunStore` on a PostgreSQL database. Another
 backend implements the same methods and passes tests/test_state_conformance.py (add its
 fixture to tests/state_backends.py).
 
