@@ -95,7 +95,7 @@ def test_a_run_is_reopened_by_its_url_or_id_and_unknown_ids_are_refused(
     store = PostgresRunStore(postgres_url)
     runs.append(store)
     store.set_meta(question="q")
-    assert store.url == f"{postgres_url}?run={store.run_id}"
+    assert store.url == store.run_url == f"{postgres_url}?run={store.run_id}"  # no password here
     for again in (open_state(store.url), open_state(postgres_url, run_id=store.run_id),
                   pickle.loads(pickle.dumps(partial(PostgresRunStore, postgres_url, store.run_id)))()):
         assert isinstance(again, PostgresRunStore) and again.meta().question == "q"
@@ -138,6 +138,8 @@ def test_urls_hide_passwords_and_keep_libpq_parameters() -> None:
     assert parsed.conninfo == "postgresql://ann:s3cret@db.example:6543/runs?sslmode=require"
     assert parsed.shown == "postgresql://ann:***@db.example:6543/runs?sslmode=require"
     assert parsed.shown_with_run("r-1").endswith("?sslmode=require&run=r-1")
+    assert parsed.conninfo_with_run("r-2") == "postgresql://ann:s3cret@db.example:6543/runs?sslmode=require&run=r-2"
+    assert parse_postgres_url("postgresql://h/db").shown_with_run("r") == "postgresql://h/db?run=r"
     assert "s3cret" not in describe_target("postgres://ann:s3cret@h/db?password=s3cret")
     with pytest.raises(ConfigError, match="runs"):
         parse_postgres_url("postgresql://h/db?run=a&run=b")

@@ -4,9 +4,9 @@
   the SQLite `RunStore` (created when missing, resumed when there);
 - a PostgreSQL URL, `postgresql://user[:password]@host[:port]/dbname`: a run in that
   database. The run id comes from `?run=RUN_ID` in the URL or from `run_id=`; without one, a
-  new run is made with a fresh id. `store.run_id` holds the id and `store.url` the printable
-  URL (password as ***) that reopens the run on any machine. `create=True` with a run id
-  makes a run of that id instead of opening one.
+  new run is made with a fresh id. `store.run_id` holds the id, `store.url` the run's URL to
+  print (password as ***) and `store.run_url` the one that reopens the run on any machine.
+  `create=True` with a run id makes a run of that id instead of opening one.
 
 psycopg is imported only for a PostgreSQL URL, so SQLite users need nothing more.
 """

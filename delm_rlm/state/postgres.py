@@ -4,7 +4,9 @@ PostgreSQL, psycopg 3), shared by processes on many machines.
 Runs. Several runs share one database: every table of the schema `delm_rlm` has a `run_id`
 column (see `state.postgres_schema`). A store opens one run, named by its id: in the URL
 (`postgresql://user@host/db?run=RUN_ID`) or as `run_id=`. Without one, a new run is made with
-a fresh id (`store.run_id`; `store.url` is the printable URL that reopens it elsewhere).
+a fresh id: `store.run_id`; `store.url` is the run's URL to print (password as ***) and
+`store.run_url` the one to hand to a worker on another machine (password as given; a
+password from PGPASSWORD or ~/.pgpass, which libpq reads, need not be in the URL at all).
 
 Isolation: one lock per run, shared by claims and exclusive for every other write
 transaction (the rules in detail: `state.postgres_tx`). Claims run at once, each taking its
@@ -106,6 +108,7 @@ class PostgresRunStore:
         wanted = run_id if run_id is not None else self.target.run_id
         self.run_id = check_run_id(wanted) if wanted is not None else new_run_id()
         self.url = self.target.shown_with_run(self.run_id)  # printable: no password
+        self.run_url = self.target.conninfo_with_run(self.run_id)  # reopens it; not for logs
         self.reconnect_wait_s = reconnect_wait_s
         self.lock_key = 0
         self.stats: dict[str, float] = {"commits": 0, "rollbacks": 0, "lock_wait_s": 0.0, "reconnects": 0}
@@ -149,6 +152,7 @@ class PostgresRunStore:
                 )
             self.run_id = new_run_id()
             self.url = self.target.shown_with_run(self.run_id)
+            self.run_url = self.target.conninfo_with_run(self.run_id)
         self.lock_key = int(row[0])
         for key, value in (("schema_version", SCHEMA_VERSION), ("created_at", utc_now_iso())):
             conn.execute(
@@ -177,7 +181,7 @@ class PostgresRunStore:
     def _connection(self) -> psycopg.Connection[Any]:
         self._forget_parent()
         pid = os.getpid()
-        if self._conn is None or self._conn.closed:
+        if self._conn is None or self._conn.closed or self._conn.broken:
             if self._ever_connected:
                 self._conn = connect_patiently(self.pg, self.target, self.reconnect_wait_s)
                 self.stats["reconnects"] += 1

@@ -76,9 +76,17 @@ class PostgresTarget:
     run_id: str | None
 
     def shown_with_run(self, run_id: str) -> str:
-        """The printable URL of one run (what `delm-rlm worker --store` takes)."""
-        sep = "&" if "?" in self.shown else "?"
-        return f"{self.shown}{sep}run={quote(run_id, safe='._:-')}"
+        """The printable URL of one run (password as ***)."""
+        return _with_run(self.shown, run_id)
+
+    def conninfo_with_run(self, run_id: str) -> str:
+        """The URL of one run as given, password included: to hand to a worker, not to print."""
+        return _with_run(self.conninfo, run_id)
+
+
+def _with_run(url: str, run_id: str) -> str:
+    sep = "&" if urlsplit(url).query else "?"
+    return f"{url.rstrip('?')}{sep}run={quote(run_id, safe='._:-')}"
 
 
 def parse_postgres_url(url: str) -> PostgresTarget:
