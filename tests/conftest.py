@@ -75,3 +75,13 @@ def private_runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """The private test server's URL (DELM_RLM_TEST_POSTGRES_URL, which scripts/test and
+    `scripts/pg-test-server start` set). Unset: the test skips with how to start one; under
+    CI=true it fails, since no PostgreSQL test is skipped in CI."""
+    from state_backends import postgres_test_url
+
+    return postgres_test_url()

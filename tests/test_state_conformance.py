@@ -9,6 +9,7 @@ in tests/test_store.py.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from delm_rlm.errors import ConfigError, LeaseLost, NotFound, RunStateError
 from delm_rlm.gists import Gist, GistKind, GistStatus, dedupe_key
 from delm_rlm.state.context import SharedContext
 from delm_rlm.state.protocol import (
+    BlobInfo,
     ClassificationRecord,
     RunState,
     StateTransaction,
@@ -374,6 +376,35 @@ def test_classification_log_written_through_is_replayed_by_a_later_log(backend: 
     assert log.replay(["y"], labels) == ["location"]
     with pytest.raises(LookupError, match="classify was not run"):
         log.replay(["z"], labels)
+
+
+# -- blobs ------------------------------------------------------------------------------------
+
+
+def test_blobs_are_written_once_and_read_back_checked(backend: StateBackend, store: RunState) -> None:
+    data = bytes(range(256)) * 64 + "Zürich".encode()
+    info = store.put_blob("corpus", data)
+    assert info == BlobInfo(name="corpus", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    assert store.put_blob("corpus", bytearray(data)) == info  # the same bytes again: a no-op
+    with pytest.raises(ConfigError, match="written once"):
+        store.put_blob("corpus", data + b"!")
+    other = backend.open()
+    assert other.get_blob("corpus") == data and other.blob_info("corpus") == info
+    assert store.put_blob("empty", b"").size == 0 and other.get_blob("empty") == b""
+    for missing in (store.get_blob, store.blob_info):
+        with pytest.raises(NotFound, match="no blob 'nothing'"):
+            missing("nothing")
+    for bad_name in ("", "  ", None, "x" * 201):
+        with pytest.raises(ConfigError, match="name"):
+            store.put_blob(bad_name, b"x")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="bytes"):
+        store.put_blob("text", "not bytes")  # type: ignore[arg-type]
+    with pytest.raises(Boom):
+        with store.transaction():
+            store.put_blob("lost", b"rolled back")
+            raise Boom()
+    with pytest.raises(NotFound):
+        other.blob_info("lost")
 
 
 # -- the report snapshot ----------------------------------------------------------------------

@@ -165,6 +165,29 @@ def test_a_v2_store_is_migrated_and_its_meta_counters_count_on(tmp_path: Path) -
     assert RunStore(path).counter("finalize_rounds") == 3  # migrated once, not on every open
 
 
+def test_a_v3_store_is_migrated_and_holds_blobs_checked_by_sha256(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite"
+    store = RunStore(path)
+    store.add_gist(_fact("kept"))
+    store.close()
+    conn = sqlite3.connect(path)  # as schema v3 wrote it: no blob table
+    conn.execute("DROP TABLE blobs")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+    reopened = RunStore(path)
+    assert reopened.meta().schema_version == SCHEMA_VERSION == 4
+    assert [g.text for g in reopened.list_gists()] == ["kept"]
+    assert reopened.put_blob("corpus", b"the documents").size == 13
+    assert reopened.get_blob("corpus") == b"the documents"
+    raw = sqlite3.connect(path)
+    raw.execute("UPDATE blobs SET data = ? WHERE name = 'corpus'", (b"tampered",))
+    raw.commit()
+    raw.close()
+    with pytest.raises(StoreError, match="no longer matches its SHA-256"):
+        reopened.get_blob("corpus")
+
+
 def test_read_snapshot_is_read_only_and_refuses_what_is_no_store(tmp_path: Path) -> None:
     path = tmp_path / "r.sqlite"
     store = RunStore(path)

@@ -2,7 +2,8 @@
 classification log and the report read and write, and nothing about how it is stored.
 
 `RunState` is one run's store; `StateTransaction` is what its `transaction()` and `reading()`
-hand out. `delm_rlm.state.sqlite.RunStore` implements both on one SQLite file. Another
+hand out. `delm_rlm.state.sqlite.RunStore` implements both on one SQLite file,
+`delm_rlm.state.postgres.PostgresRunStore` on a PostgreSQL database. Another
 backend implements the same methods and passes tests/test_state_conformance.py (add its
 fixture to tests/state_backends.py).
 
@@ -18,10 +19,13 @@ write, inside one transaction, and rely on it):
 - The store assigns ids: "g<n>" for gists, "t<n>" for tasks, n = 1, 2, ... in insertion order,
   never reused, and a rolled-back transaction uses none up.
 - Lists come back in id order; unknown ids raise `NotFound`.
+- Blobs (named byte strings, e.g. the corpus a worker on another machine reads) are
+  write-once and come back checked against their SHA-256.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from delm_rlm.errors import ConfigError
 from delm_rlm.gists import Gist, GistKind, GistStatus
 
 StatusFilter = GistStatus | str | Iterable[GistStatus | str] | None
@@ -98,6 +103,38 @@ class ClassificationRecord(BaseModel):
     labels: list[str]
     instruction: str
     result: list[str | None]
+
+
+MAX_BLOB_NAME_CHARS = 200
+
+
+class BlobInfo(BaseModel):
+    """What the store knows of one blob without reading it: its name, the SHA-256 of its
+    bytes (hex) and its size in bytes."""
+
+    name: str
+    sha256: str
+    size: int
+
+    @classmethod
+    def of(cls, name: str, data: bytes) -> BlobInfo:
+        """The info of `data` stored under `name` (the name checked)."""
+        return cls(name=check_blob_name(name), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+def check_blob_name(name: str) -> str:
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_BLOB_NAME_CHARS:
+        raise ConfigError(
+            f"a blob needs a name (a non-empty string of at most {MAX_BLOB_NAME_CHARS} "
+            f"characters, e.g. 'corpus'); got {name!r}"
+        )
+    return name
+
+
+def blob_bytes(data: bytes | bytearray | memoryview) -> bytes:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ConfigError(f"a blob holds bytes; got {type(data).__name__} (encode text first)")
+    return bytes(data)
 
 
 @dataclass
@@ -200,7 +237,26 @@ class ClassificationRecords(Protocol):
         ...
 
 
-class RunState(GistOperations, CounterOperations, ClassificationRecords, Protocol):
+class BlobOperations(Protocol):
+    """Named byte strings of a run, each written once: what a worker on another machine must
+    read (the corpus) travels through the store, checked by SHA-256 on every read."""
+
+    def put_blob(self, name: str, data: bytes) -> BlobInfo:
+        """Store `data` under `name`. Storing the same bytes again is a no-op; other bytes
+        under a stored name are refused (ConfigError)."""
+        ...
+
+    def get_blob(self, name: str) -> bytes:
+        """The bytes stored under `name`; NotFound when there are none, StoreError when they
+        no longer match their SHA-256."""
+        ...
+
+    def blob_info(self, name: str) -> BlobInfo:
+        """Name, SHA-256 and size of a stored blob, without reading it; NotFound when none."""
+        ...
+
+
+class RunState(GistOperations, CounterOperations, ClassificationRecords, BlobOperations, Protocol):
     """One run's state. The gist and counter methods each run in their own transaction."""
 
     def transaction(self) -> AbstractContextManager[StateTransaction]: ...

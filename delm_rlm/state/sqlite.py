@@ -34,8 +34,10 @@ from pydantic import ValidationError
 
 from delm_rlm.errors import ConfigError, NotFound, RunNotFound, RunStateError, StoreError
 from delm_rlm.gists import Gist, GistStatus, dedupe_key, parse_kind
+from delm_rlm.state import sqlite_blobs
 from delm_rlm.state.protocol import (
     TASK_UPDATABLE_FIELDS,
+    BlobInfo,
     ClassificationRecord,
     KindFilter,
     RunMeta,
@@ -46,7 +48,7 @@ from delm_rlm.state.protocol import (
     utc_now_iso,
 )
 
-SCHEMA_VERSION = 3  # v2: gists.dedupe_key (indexed duplicate candidates); v3: run_counters, classifications
+SCHEMA_VERSION = 4  # v2: gists.dedupe_key (indexed duplicates); v3: run_counters, classifications; v4: blobs
 
 _V3_TABLES = """
 CREATE TABLE IF NOT EXISTS run_counters (
@@ -99,9 +101,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated_at    REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, seq);
-""" + _V3_TABLES
+""" + _V3_TABLES + sqlite_blobs.BLOBS_TABLE
 
-_OWN_TABLES = {"meta", "counters", "gists", "tasks", "run_counters", "classifications"}
+_OWN_TABLES = {"meta", "counters", "gists", "tasks", "run_counters", "classifications", "blobs"}
 # v2 runs kept these team counters in meta; v3 copies them into run_counters.
 _V2_META_COUNTERS = ("finalize_rounds", "added_tasks")
 
@@ -571,6 +573,20 @@ class RunStore:
             for k, labels, text, result in rows
         ]
 
+    # -- blobs (their SQL: state/sqlite_blobs.py) ------------------------------------------------
+
+    def put_blob(self, name: str, data: bytes) -> BlobInfo:
+        with self.transaction() as tx:
+            return sqlite_blobs.put_blob(tx._conn, name, data)
+
+    def get_blob(self, name: str) -> bytes:
+        with self.reading() as tx:
+            return sqlite_blobs.get_blob(tx._conn, name, self.path)
+
+    def blob_info(self, name: str) -> BlobInfo:
+        with self.reading() as tx:
+            return sqlite_blobs.blob_info(tx._conn, name)
+
     # -- reports -------------------------------------------------------------------------------
 
     def snapshot(self) -> StoreSnapshot:
@@ -666,6 +682,7 @@ def _migrate_v2_to_v3(conn: sqlite3.Connection) -> None:
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migrate_v1_to_v2,
     2: _migrate_v2_to_v3,
+    3: sqlite_blobs.migrate_v3_to_v4,
 }
 
 
