@@ -6,7 +6,7 @@
              [--no-cache] [--json] [--yes]
     delm-rlm resume RUN [--model NAME] [--budget-...] [--agents N]
     delm-rlm demo [--length 8000] [--seed 0] [--agents 2] [--model local] [--pool PATH]
-    delm-rlm doctor [--speed]
+    delm-rlm doctor [--speed] [--store URL]
     delm-rlm trace RUN [--html out.html]
     delm-rlm eval --bench oolong|oolong-real|longbench --data PATH --methods direct,rlm,hybrid
              [--model local] [--limit N] [--out results/run.jsonl] [--concurrency N]
@@ -492,7 +492,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from delm_rlm.doctor import run_doctor
 
-    return run_doctor(out_console(), speed=args.speed, find_pool=lambda: find_pool(None))
+    return run_doctor(out_console(), speed=args.speed, find_pool=lambda: find_pool(None), store=args.store)
 
 
 # ---- parser and main --------------------------------------------------------------------------------
@@ -561,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", parents=[common], help="what this machine offers: sandbox, models, endpoints, extras")
     doctor.add_argument("--speed", action="store_true", help="also time a short generation with the local model")
+    doctor.add_argument("--store", default=None, metavar="URL_OR_PATH",
+                        help="also check a run store: a store.sqlite path or postgresql://user@host/db")
     doctor.set_defaults(handler=cmd_doctor)
 
     trace = sub.add_parser("trace", parents=[common], help="summarize a run, or write its HTML report")

@@ -28,13 +28,17 @@ OPTIONAL_EXTRAS = (
 )
 
 
-def run_doctor(console: Console, *, speed: bool, find_pool: Callable[[], Path]) -> int:
-    """Print the doctor's table; 0 when the sandbox and a model are usable, else 1."""
+def run_doctor(console: Console, *, speed: bool, find_pool: Callable[[], Path], store: str | None = None) -> int:
+    """Print the doctor's table; 0 when the sandbox and a model are usable (and the store,
+    when one is named, is reachable with its schema and privileges), else 1."""
     table = Table(title="delm-rlm doctor", title_justify="left")
     for col in ("check", "status", "detail"):
         table.add_column(col, overflow="fold")
     results: dict[str, bool] = {}
-    for name, check in doctor_checks(speed=speed, find_pool=find_pool):
+    checks = doctor_checks(speed=speed, find_pool=find_pool)
+    if store is not None:
+        checks.insert(0, ("store", lambda: check_store_target(store)))
+    for name, check in checks:
         try:
             ok, detail = check()
         except Exception as exc:  # a check that breaks is a finding, not a crash
@@ -44,7 +48,26 @@ def run_doctor(console: Console, *, speed: bool, find_pool: Callable[[], Path]) 
         table.add_row(name, mark, Text(detail))  # a detail is text, never markup: pip install 'delm-rlm[e2b]'
     console.print(table)
     usable_model = results.get("local model") or results.get("API endpoint")
-    return 0 if results.get("sandbox") and usable_model else 1
+    store_ok = store is None or results.get("store")
+    return 0 if results.get("sandbox") and usable_model and store_ok else 1
+
+
+def check_store_target(target: str) -> tuple[bool, str]:
+    """A run store (SQLite path or postgresql:// URL): reachable, schema version, privileges."""
+    from delm_rlm.state.check import check_store
+
+    report = check_store(target)
+    schema = (f"schema v{report.schema_version}" if report.schema_version is not None
+              else "no schema yet (the first run creates it)")
+    detail = f"{report.target}: {report.server or 'unreachable'}; {schema} (code v{report.code_schema_version})"
+    if report.runs is not None:
+        detail += f"; {report.runs} runs"
+    missing = [name for name, ok in report.privileges.items() if not ok]
+    if missing:
+        detail += f"; missing privileges: {', '.join(missing)}"
+    if report.problems:
+        detail += "; " + "; ".join(report.problems)
+    return report.ok, detail
 
 
 def doctor_checks(*, speed: bool, find_pool: Callable[[], Path]) -> list[tuple[str, Check]]:

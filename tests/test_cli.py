@@ -405,3 +405,15 @@ def test_doctor_prints_install_commands_as_text(monkeypatch: pytest.MonkeyPatch)
     out = StringIO()
     doctor.run_doctor(Console(file=out, width=200), speed=False, find_pool=lambda: Path("x"))
     assert "pip install 'delm-rlm[otel]'" in out.getvalue()  # rich markup would have eaten "[otel]"
+
+
+def test_doctor_checks_a_store_url_and_names_the_fix_when_it_is_unreachable(tmp_path: Path) -> None:
+    """`doctor --store` reports a store: a SQLite path is reachable; a PostgreSQL URL nobody
+    listens on is a failed check (exit 1) whose detail says what to check."""
+    from delm_rlm.doctor import check_store_target
+
+    ok, detail = check_store_target(str(tmp_path / "store.sqlite"))
+    assert ok, detail
+    ok, detail = check_store_target("postgresql://nobody@127.0.0.1:1/x")
+    assert not ok
+    assert "cannot reach" in detail and "127.0.0.1" in detail
