@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from delm_rlm import prompts
-from delm_rlm.errors import ConfigError
+from delm_rlm.errors import ConfigError, SandboxError
 from delm_rlm.gists import CodeEvidence, Gist
 from delm_rlm.values import (
     collapse_whitespace,
@@ -115,10 +115,6 @@ class CheckRun:
         )
 
 
-class VerifierSandboxFailed(Exception):
-    """The verifier's own sandbox failed (not the claim's fault)."""
-
-
 class CheckRunner:
     """The verifier's own sandbox, started on the first check, and the checks run in it.
 
@@ -189,7 +185,7 @@ class CheckRunner:
                 await sb.load_context(self.corpus_value)
                 installed = await sb.execute(install_code(), timeout=120.0)
                 if not installed.ok:
-                    raise VerifierSandboxFailed(f"the check runner did not install: {installed.error}")
+                    raise SandboxError(f"the check runner did not install in the verifier's sandbox: {installed.error}")
             except BaseException:
                 try:
                     await sb.close()
