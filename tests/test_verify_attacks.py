@@ -126,9 +126,17 @@ async def test_checks_are_fresh_interpreters_with_nothing_left_running(tmp_path:
         hang = await verifier.verify(Gist(kind="fact", text="slow", value=1, check="while True: pass", provenance=PROV))
         hang_s = time.monotonic() - started
         crash = await verifier.verify(Gist(kind="fact", text="crash", value=1, check="import os; os._exit(1)", provenance=PROV))
-        spawn = await verifier.verify(_partial("doc 0 has 2 spam lines", 2, (
-            "import subprocess\nsubprocess.Popen(['sleep', '300'], start_new_session=True)\n" + _count_check(0, "spam")
-        )))
+        daemons = (  # detached the classic way: fork, new session, fork again, parent exits
+            "import os, subprocess, time\n"
+            "subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
+            "for _ in range(5):\n"
+            "    if os.fork() == 0:\n"
+            "        os.setsid()\n"
+            "        if os.fork() == 0:\n"
+            "            time.sleep(300)\n"
+            "        os._exit(0)\n"
+        )
+        spawn = await verifier.verify(_partial("doc 0 has 2 spam lines", 2, daemons + _count_check(0, "spam")))
         listing = await verifier.checks.sandbox.execute(
             "import _delm_checks as c\nif c.REAPING[0] is not None: c.REAPING[0].join()\nprint(sorted(c.children()))"
         )
@@ -245,7 +253,11 @@ async def test_non_finite_numbers_never_reach_the_store(tmp_path: Path) -> None:
         tolerance = await verifier.verify(bypass_tolerance)
     assert value.status == "rejected" and "non-finite" in value.reason
     assert tolerance.status == "rejected" and "tolerance" in tolerance.reason
-    assert store.list_gists() == []  # refused before storing; the store stays readable
+    assert store.list_gists() == []  # refused before storing
+    # A store written before this rule holds such a tolerance as null: it stays readable.
+    legacy = RunStore(tmp_path / "legacy.sqlite")
+    legacy.add_gist(bypass_tolerance.model_copy(update={"status": GistStatus.ADMITTED}))
+    assert [g.tolerance for g in legacy.list_gists()] == [0.0]
 
 
 # -- who may write which kind -----------------------------------------------------------------

@@ -278,6 +278,9 @@ class Run:
             pid = os.fork()
         except BaseException:
             gc.unfreeze()
+            for fd in (out_r, out_w, status_r, status_w):
+                os.close(fd)
+            shutil.rmtree(self.workdir, ignore_errors=True)
             raise
         if pid != 0:
             gc.unfreeze()
@@ -294,6 +297,7 @@ class Run:
         self.deadline = time.monotonic() + request["timeout"]
         self.timed_out = self.too_long = self.exited = self.done = False
         self.wait_status = None
+        self.stopped = False
         try:
             self.pidfd = os.pidfd_open(pid)
         except (AttributeError, OSError):
@@ -335,8 +339,11 @@ class Run:
             self.done = True
 
     def stop(self):
-        """Kill the child and its session (if not reaped yet) and close its pipes; `reap`
-        then waits for it."""
+        """Kill the child and its session (if not reaped yet) and close its pipes, once;
+        `reap` then waits for it."""
+        if self.stopped:
+            return
+        self.stopped = True
         if self.wait_status is None:  # not reaped, so `pid` (and its group) is still the child's
             for kill in (os.killpg, os.kill):
                 try:
@@ -394,10 +401,18 @@ def run(request_json):
     if previous is not None:
         previous.join()  # the last check's children are gone before this one starts
     before = children()
-    runs = [Run(request, False)]
-    if request["counterfactual"]:
-        runs.append(Run(request, True))
+    runs = []
     try:
+        try:
+            runs.append(Run(request, False))
+            if request["counterfactual"]:
+                runs.append(Run(request, True))
+        except OSError as exc:  # no process could be started: the verifier's trouble, not the check's
+            for r in runs:
+                r.stop()
+                r.reap()
+            print(MARKER + json.dumps({"failed": f"could not start a check interpreter: {exc}"}), flush=True)
+            return
         while not all(r.done for r in runs):
             now = time.monotonic()
             for r in runs:
@@ -416,17 +431,33 @@ def run(request_json):
                 for r in live:
                     if fd in r.fds():
                         r.take(fd)
+    except BaseException:
+        for r in runs:
+            r.stop()
+            r.reap()
+        kill_new(before)
+        raise
     finally:
         for r in runs:
             r.stop()
         kill_new(before | {r.pid for r in runs})
-    for r in runs:
-        if not r.status or r.timed_out or r.too_long:  # ended without a result: its exit says how
+
+    def finish():
+        for r in runs:
             r.reap()
-    real = runs[0].report()
-    empty = runs[1].report() if len(runs) > 1 and succeeded(real) else None
-    print(MARKER + json.dumps({"real": real, "empty": empty}), flush=True)
-    reaper = threading.Thread(target=lambda: [r.reap() for r in runs], daemon=True)
+        kill_new(before)  # what they started elsewhere is reparented here once they are gone
+
+    try:
+        for r in runs:
+            if not r.status or r.timed_out or r.too_long:  # ended without a result: its exit says how
+                r.reap()
+        real = runs[0].report()
+        empty = runs[1].report() if len(runs) > 1 and succeeded(real) else None
+        print(MARKER + json.dumps({"real": real, "empty": empty}), flush=True)
+    except BaseException:
+        finish()
+        raise
+    reaper = threading.Thread(target=finish, daemon=True)
     reaper.start()
     REAPING[0] = reaper
 '''

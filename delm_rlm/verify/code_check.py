@@ -236,6 +236,8 @@ class CheckRunner:
             )
             try:
                 parsed = json.loads(report) if report is not None else None
+                if isinstance(parsed, dict) and isinstance(parsed.get("failed"), str):
+                    raise ValueError(parsed["failed"])
                 real = CheckRun.from_report(parsed["real"] if isinstance(parsed, dict) else None)
                 empty = None if parsed.get("empty") is None else CheckRun.from_report(parsed["empty"])
             except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -6,8 +6,9 @@ A quote proves only that its words are in the corpus; without the rule, "the ans
 deterministic and deliberately simple; it compares the claim's text with the text of its
 evidence (the quoted spans, and the verifier's own output of any code evidence):
 
-1. every number in the claim occurs in the evidence (a number equal to a cited document's
-   index is exempt: "doc 1 says ...");
+1. every number in the claim occurs in the evidence, except numbers that say where rather
+   than what: one after a word for a place in the corpus ("doc 1", "line 5", "chunk 3",
+   "lines 10-20", "row 7") and one equal to a cited document's index;
 2. every name in the claim occurs in the evidence: a word with a capital letter that does
    not open the claim, or a phrase the claim puts in quotes;
 3. at least half of the claim's other content words (three letters or more, not a common
@@ -28,6 +29,11 @@ from collections.abc import Iterable, Sequence
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?![\w])")
 _WORD = re.compile(r"[^\W\d_][^\W_]*(?:['\u2019-][^\W\d_]+)*")
+_REFERENCE = re.compile(
+    r"\b(?:docs?|documents?|lines?|chunks?|rows?|items?|pages?|paragraphs?|records?|entries|entry)"
+    r"\s*(?:no\.?|#)?\s*(\d+)(?:\s*(?:-|\u2013|to|and)\s*(\d+))?",
+    re.IGNORECASE,
+)
 _QUOTED = re.compile(r"'([^']{2,})'|\"([^\"]{2,})\"|\u2018([^\u2019]{2,})\u2019|\u201c([^\u201d]{2,})\u201d")
 
 # Function words, and words about the corpus itself: neither is substance a quote shows.
@@ -74,6 +80,8 @@ def unsupported(claim: str, evidence: Sequence[str], cited_docs: Iterable[int] =
     source_lower = " ".join(source.split()).lower()
     source_numbers = {_number_value(n) for n in _NUMBER.findall(source)}
     exempt = {float(d) for d in cited_docs}
+    for found in _REFERENCE.finditer(claim):
+        exempt.update(float(n) for n in found.groups() if n is not None)
     missing_numbers = [
         n for n in _NUMBER.findall(claim)
         if _number_value(n) not in source_numbers and _number_value(n) not in exempt
@@ -103,7 +111,7 @@ def unsupported(claim: str, evidence: Sequence[str], cited_docs: Iterable[int] =
     if content and 2 * len(found) < len(content):
         absent = [w for w in content if w not in found]
         return (
-            f"the quotes share too few of the claim's words ({', '.join(absent[:4])} do not occur in "
-            "them): state what the quoted text says"
+            f"the quotes share too few of the claim's words (not in them: {', '.join(absent[:4])}): "
+            "state what the quoted text says"
         )
     return None
