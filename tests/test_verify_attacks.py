@@ -177,6 +177,7 @@ async def test_a_check_must_read_the_data_and_print_only_the_value(tmp_path: Pat
     typed = answer_replay_check(["n = len(chunk.splitlines())", 'answer["content"] = "42"', 'answer["ready"] = True'])
     computed = answer_replay_check([
         "print(chunk[:40])",  # an agent looks at its data: not part of the value
+        "display(chunk[:10])",  # IPython's, in a notebook-trained model's cells
         'n = sum(1 for line in chunk.splitlines() if line.startswith("spam"))',
         "print(n)", 'answer["content"] = str(n)', 'answer["ready"] = True',
     ])

@@ -93,18 +93,35 @@ def drop_privileges():
 
 
 def children():
-    """Direct children of this process (orphans of a check are reparented here)."""
+    """Direct children of this process (orphans of a check are reparented here), from
+    /proc/self/task/*/children, or by reading every process's parent where the kernel
+    does not offer that file."""
     found = set()
     try:
         tasks = os.listdir("/proc/self/task")
     except OSError:
-        return found
+        tasks = []
+    listed = False
     for tid in tasks:
         try:
             with open(f"/proc/self/task/{tid}/children") as f:
                 found.update(int(p) for p in f.read().split())
+            listed = True
         except (OSError, ValueError):
             pass
+    if listed:
+        return found
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(me):
+            found.add(int(entry))
     return found
 
 
@@ -213,6 +230,8 @@ def child(request, counterfactual, out_w, status_w, workdir):
         sys.path[:] = [p for p in sys.path if p not in ("", ".") and not inside(p, WORKSPACE)]
         sys.path_importer_cache.clear()
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        # IPython's display() would write to the kernel's message sockets, closed here.
+        builtins.display = lambda *objects, **_: print(*objects)
         drop_privileges()
         ns = namespace(request, counterfactual)
         try:
