@@ -77,10 +77,24 @@ class CapData(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+def effective_capabilities():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return -1  # unknown: drop what can be dropped
+
+
 def drop_privileges():
     """No capabilities in the child, and none regained by exec (root in a user namespace
     holds CAP_SYS_PTRACE there). Best effort: a step the system refuses is skipped."""
     if LIBC is None:
+        return
+    if os.getuid() != 0 and os.geteuid() != 0 and not effective_capabilities():
+        prctl(PR_SET_NO_NEW_PRIVS, 1)  # nothing to drop; nothing to gain through exec either
         return
     prctl(PR_SET_SECUREBITS, SECUREBITS)
     for cap in range(64):
@@ -227,8 +241,10 @@ def child(request, counterfactual, out_w, status_w, workdir):
         err = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace")
         sys.stdout = sys.__stdout__ = out
         sys.stderr = sys.__stderr__ = err
-        sys.path[:] = [p for p in sys.path if p not in ("", ".") and not inside(p, WORKSPACE)]
-        sys.path_importer_cache.clear()
+        dropped = [p for p in sys.path if p in ("", ".") or inside(p, WORKSPACE)]
+        sys.path[:] = [p for p in sys.path if p not in dropped]
+        for path in dropped:  # (clearing the whole cache would free, so copy, thousands of pages)
+            sys.path_importer_cache.pop(path, None)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         # IPython's display() would write to the kernel's message sockets, closed here.
         builtins.display = lambda *objects, **_: print(*objects)
