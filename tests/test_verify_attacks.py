@@ -148,8 +148,11 @@ async def test_checks_are_fresh_interpreters_with_nothing_left_running(tmp_path:
     assert after.status == "admitted", after.reason
 
 
-async def test_a_check_cannot_reach_into_the_verifier_process(tmp_path: Path) -> None:
-    verifier, _ = _verifier(tmp_path)
+@pytest.mark.parametrize("isolation", MODES)
+async def test_a_check_cannot_reach_into_the_verifier_process(tmp_path: Path, isolation: str) -> None:
+    """The parent is not dumpable and the check's interpreter holds no capabilities (root
+    inside a user namespace, or a root host, would otherwise open the parent's memory)."""
+    verifier, _ = _verifier(tmp_path, isolation)
     async with verifier:
         mem = await verifier.verify(_partial("doc 0 has 2 spam lines", 2, (
             "import os\nopen(f'/proc/{os.getppid()}/mem', 'rb')\n" + _count_check(0, "spam")
