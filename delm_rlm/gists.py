@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from delm_rlm.values import non_finite_path
+
 MAX_TEXT_CHARS = 300
 
 
@@ -135,7 +137,10 @@ class Gist(BaseModel):
     evidence: list[Evidence] = Field(default_factory=list)
     check: str | None = Field(default=None, description="code that prints the claimed value")
     value: Any | None = Field(default=None, description="the claimed value (JSON)")
-    tolerance: float = Field(default=0.0, ge=0.0)
+    tolerance: float = Field(
+        default=0.0, ge=0.0, allow_inf_nan=False,
+        description="kept for stored gists; the verifier sets how values compare, never a proposer",
+    )
     provenance: Provenance = Field(default_factory=Provenance)
     status: GistStatus = GistStatus.PENDING
     note: str | None = Field(default=None, description="the verifier's note")
@@ -171,9 +176,22 @@ class Gist(BaseModel):
             raise ValueError(f"gist ids look like 'g1', 'g2', ...; got {value!r}")
         return value
 
+    @field_validator("tolerance", mode="before")
+    @classmethod
+    def _legacy_tolerance(cls, value: Any) -> Any:
+        # Stores written before finite tolerances were enforced hold inf as JSON null: read
+        # it as no tolerance, so such a run can still be listed and resumed.
+        return 0.0 if value is None else value
+
     @field_validator("value")
     @classmethod
     def _json_value(cls, value: Any) -> Any:
+        where = non_finite_path(value)
+        if where is not None:
+            raise ValueError(
+                f"gist value has a non-finite number (inf or nan) at {where}: values must be "
+                "finite numbers (JSON has no inf or nan)"
+            )
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:

@@ -24,17 +24,23 @@ from typing import Any
 FLOAT_RELATIVE_SLACK = 1e-9
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
 def collapse_whitespace(text: str) -> str:
     """`text` with every run of whitespace made one space, stripped."""
     return " ".join(text.split())
 
 
-def values_equal(a: Any, b: Any, tolerance: float = 0.0) -> bool:
+def values_equal(a: Any, b: Any, tolerance: float = 0.0, relative: float = FLOAT_RELATIVE_SLACK) -> bool:
     """The one rule for two JSON values (Python literals read from a printout included):
 
     - bools equal only bools (True is not 1);
     - numbers (int, float) within `tolerance` absolute; when either is a float, also within
-      1e-9 relative (float formatting); ints otherwise compare exactly;
+      `relative` (default 1e-9: float formatting); ints otherwise compare exactly; a
+      non-finite number (inf, nan) equals nothing, itself included (an "inf" printout would
+      otherwise be within any relative slack of every number);
     - strings equal after collapsing whitespace, case-sensitive; a string never equals a
       number ("12" is not 12);
     - lists and tuples element by element, in order;
@@ -45,27 +51,71 @@ def values_equal(a: Any, b: Any, tolerance: float = 0.0) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return _numbers_close(a, b, tolerance)
+        return _numbers_close(a, b, tolerance, relative)
     if isinstance(a, str) and isinstance(b, str):
         return collapse_whitespace(a) == collapse_whitespace(b)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(values_equal(x, y, tolerance) for x, y in zip(a, b))
+        return len(a) == len(b) and all(values_equal(x, y, tolerance, relative) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
         left, right = _by_key(a), _by_key(b)
         return left.keys() == right.keys() and all(
-            values_equal(left[k], right[k], tolerance) for k in left
+            values_equal(left[k], right[k], tolerance, relative) for k in left
         )
     return bool(a == b)
 
 
-def _numbers_close(a: int | float, b: int | float, tolerance: float) -> bool:
+def _numbers_close(a: int | float, b: int | float, tolerance: float, relative: float) -> bool:
+    if not (_finite(a) and _finite(b) and math.isfinite(tolerance) and math.isfinite(relative)):
+        return False
     slack = float(tolerance)
     if isinstance(a, float) or isinstance(b, float):
         try:
-            slack += FLOAT_RELATIVE_SLACK * max(1.0, abs(a), abs(b))
+            slack += relative * max(1.0, abs(a), abs(b))
         except OverflowError:  # an int too large for a float: only exact equality is sure
             return a == b
     return abs(a - b) <= slack
+
+
+def _finite(number: int | float) -> bool:
+    return not isinstance(number, float) or math.isfinite(number)
+
+
+def non_finite_path(value: Any, path: str = "value") -> str | None:
+    """Where in a JSON-like value a non-finite number (inf, -inf, nan) sits ("value['a'][2]"),
+    or None when there is none. Such numbers have no JSON form: stored, they read back as
+    null and break the gist that holds them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite_path(item, f"{path}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = non_finite_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def is_nothing(value: Any) -> bool:
+    """A value that says "nothing found": None, False, 0, a blank string, or a list, tuple or
+    dict holding only such values ({}, [], {"spam": 0}). A check that reads its data
+    legitimately prints such a value for an empty input too."""
+    if value is None or value is False:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return value == 0
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, dict):
+        return all(is_nothing(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(is_nothing(item) for item in value)
+    return False
 
 
 def _by_key(mapping: dict[Any, Any]) -> dict[Any, Any]:
@@ -95,12 +145,17 @@ def parse_printed(text: str) -> Any:
     """A printed value as data: JSON first, then a Python literal (`print([1, 'a'])`),
     else the whitespace-collapsed text itself."""
     stripped = text.strip()
-    for parse in (json.loads, ast.literal_eval):
+    for parse in (_json_finite, ast.literal_eval):
         try:
             return parse(stripped)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             continue
     return collapse_whitespace(stripped)
+
+
+def _json_finite(text: str) -> Any:
+    """JSON without its NaN / Infinity extensions: a printout "Infinity" is text, not a number."""
+    return json.loads(text, parse_constant=_refuse_constant)
 
 
 def printed_readings(text: str) -> list[Any]:
@@ -136,24 +191,23 @@ def _claim_readings(claimed: Any) -> list[Any]:
     return [claimed]
 
 
-def states_value(claimed: Any, text: str, tolerance: float = 0.0) -> bool:
+def states_value(
+    claimed: Any, text: str, tolerance: float = 0.0, relative: float = FLOAT_RELATIVE_SLACK
+) -> bool:
     """Does the printed `text` state `claimed`: is some reading of the claim equal, by
     `values_equal`, to some reading of the text?"""
     readings = printed_readings(text)
     return any(
-        values_equal(claim, reading, tolerance)
+        values_equal(claim, reading, tolerance, relative)
         for claim in _claim_readings(claimed)
         for reading in readings
     )
 
 
-def compare_printed(claimed: Any, output: str, tolerance: float = 0.0) -> tuple[bool, Any]:
-    """Does a check's printed `output` state `claimed`? The whole output is tried first,
-    then its last non-empty line (a check may print progress before the value). Returns
-    (match, the value read from the output)."""
-    if states_value(claimed, output, tolerance):
-        return True, parse_printed(output)
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    if len(lines) > 1:
-        return states_value(claimed, lines[-1], tolerance), parse_printed(lines[-1])
-    return False, parse_printed(output)
+def compare_printed(
+    claimed: Any, output: str, tolerance: float = 0.0, relative: float = FLOAT_RELATIVE_SLACK
+) -> tuple[bool, Any]:
+    """Does a check's printed `output` state `claimed`? The WHOLE output must state it: a
+    check prints exactly the value. (Reading only the last line let `print(len(chunk));
+    print(43)` state 43.) Returns (match, the value read from the output)."""
+    return states_value(claimed, output, tolerance, relative), parse_printed(output)

@@ -52,6 +52,8 @@ def test_prompt_view_orders_kinds_by_value_with_stable_ids(ctx: SharedContext) -
         "[g4 PARTIAL] doc 0: 1 spam line",
         "[g6 FAILURE] regex on 'label:' missed upper case",
         "[g3 EVIDENCE] doc 1 states revenue",
+        # Questions are asked, not verified: apart, under their own heading (issue 13).
+        "Open questions (asked by agents, not verified; not answers):",
         "[g1 QUESTION] Are labels case-sensitive?",
     ]
     assert pending.id not in view

@@ -93,6 +93,14 @@ async def test_checks_run_fresh_isolated_and_survive_bad_checks(tmp_path: Path) 
                  check="print(len(docs))\nprint(left if 'left' in dir() else len(docs))",
                  provenance=PROV)
         )
+        # Issue 13: the whole printout must be the value, so the two-line check of this test
+        # is now rejected for its form; the same probe printed once shows nothing leaked.
+        assert after.status == "rejected" and "print exactly the value" in after.reason
+        after = await verifier.verify(
+            Gist(kind="fact", text="the corpus has 2 documents", value=2,
+                 check="print(left if 'left' in dir() else len(docs))",
+                 provenance=PROV)
+        )
         assert after.status == "admitted", after.reason
         # A check that hangs is interrupted, rejected, and the sandbox keeps working.
         hang = await verifier.verify(
@@ -295,7 +303,7 @@ async def test_judge_verdicts_and_cost_are_counted(tmp_path: Path) -> None:
         ({"None": 2}, "{None: 3}", 0, False),
         (True, "True", 0, True),
         (True, "1", 0, False),
-        (5, "counting...\n5", 0, True),
+        (5, "counting...\n5", 0, False),  # the whole output must be the value (issue 13)
         (5, "5 lines", 0, False),
     ],
 )

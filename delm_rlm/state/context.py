@@ -1,7 +1,7 @@
 """SharedContext: the verified shared context over a run's store.
 
 Agents see it through `prompt_view` (admitted gists that fit a token budget, highest-value
-kinds first, one "[g3 FACT] text" line each) and `unfold` (summary, then raw evidence read
+kinds first, one "[g3 FACT] text" line each; open QUESTIONs apart, under their own heading) and `unfold` (summary, then raw evidence read
 back from the corpus by pointer). The verifier writes it through `add_pending`, `admit`,
 `reject` (optionally recording a FAILURE gist in the same transaction), `merge`,
 `add_support`, `record` and `supersede` (a conflict's loser), and asks `find_duplicate` before admitting. It reads and writes
@@ -35,6 +35,8 @@ from delm_rlm.state.protocol import RunState
 from delm_rlm.values import values_equal
 
 NEAR_DUPLICATE_JACCARD = 0.9
+NO_GISTS = "(no verified gists yet)"
+OPEN_QUESTIONS_HEADING = "Open questions (asked by agents, not verified; not answers):"
 _LEVELS = {0: "text", 1: "summary", 2: "raw evidence"}
 
 
@@ -206,26 +208,31 @@ class SharedContext:
         """Admitted gists as '[g3 FACT] text' lines, highest-value kinds first, within
         `token_budget` (estimated as chars/4, including the closing 'left out' line).
 
-        The lines are always a prefix of the priority order; when some gists do not fit, a
-        last line says how many (by kind) and how to read them. If not even that line fits,
-        it is still returned: the agent must learn that gists exist."""
+        QUESTION gists come last, under their own heading (`OPEN_QUESTIONS_HEADING`): an
+        agent asked them, nothing verified them, and they are never shown among the
+        verified gists. The lines are always a prefix of that order; when some gists do not
+        fit, a last line says how many (by kind) and how to read them. If not even that line
+        fits, it is still returned: the agent must learn that gists exist."""
         if token_budget < 0:
             raise ConfigError(f"token_budget must be >= 0, got {token_budget}")
         gists = self.admitted()
         if not gists:
-            return "(no verified gists yet)"
+            return NO_GISTS
         lines: list[str] = []
-        used = 0
+        if all(g.kind == GistKind.QUESTION for g in gists):
+            lines.append(NO_GISTS)
+        used = sum(estimate_tokens(line + "\n") for line in lines)
         shown = 0
         for i, gist in enumerate(gists):
-            line = gist.label()
-            cost = estimate_tokens(line + "\n")
+            heading = gist.kind == GistKind.QUESTION and (i == 0 or gists[i - 1].kind != GistKind.QUESTION)
+            entry = ([OPEN_QUESTIONS_HEADING] if heading else []) + [gist.label()]
+            cost = sum(estimate_tokens(line + "\n") for line in entry)
             rest = gists[i + 1 :]
             # Reserve room for the 'left out' line unless this is the last gist.
             reserve = estimate_tokens(self._left_out_line(rest)) if rest else 0
             if used + cost + reserve > token_budget:
                 break
-            lines.append(line)
+            lines.extend(entry)
             used += cost
             shown += 1
         if shown < len(gists):
@@ -236,8 +243,11 @@ class SharedContext:
     def _left_out_line(left: list[Gist]) -> str:
         by_kind = Counter(g.kind for g in left)
         parts = ", ".join(f"{by_kind[k]} {k.name}" for k in KIND_PRIORITY if by_kind[k])
+        what = "verified gists" if not by_kind[GistKind.QUESTION] else (
+            "open questions" if by_kind[GistKind.QUESTION] == len(left) else "gists and open questions"
+        )
         return (
-            f"({len(left)} more verified gists left out for space: {parts}; "
+            f"({len(left)} more {what} left out for space: {parts}; "
             "list them with gists() and read one with unfold(id, level))"
         )
 

@@ -142,7 +142,9 @@ def route_question(question: str, docs: Sequence[str] | str) -> Routing:
     if q["multiple_choice"]:
         return Routing(path="reading", reason="a multiple-choice question: its answer is read, not counted",
                        signals=signals)
-    if q["counting_cue"] and (records or c["lines"] < MIN_RECORD_LINES):
+    if q["counting_cue"] and (records or short or c["lines"] < MIN_RECORD_LINES):
+        # Short lines (log lines, rows in a format no layout rule knows) are records too
+        # when the question counts: code counts them exactly; prose lines run long.
         return Routing(path="counting", reason=f"a counting question ({q['counting_cue']!r}) over records ({shape})",
                        signals=signals)
     if q["counting_cue"] and q["literal_cue"]:

@@ -3,28 +3,39 @@
 A proposed gist is stored as PENDING (so every proposal is inspectable), then checked in
 order, cheapest first; it is ADMITTED only if every applicable stage passes:
 
-1. form (`verify.form`): size limits, provenance, the evidence a kind needs. A gist that is
-   an exact or near duplicate of an admitted one (`SharedContext.find_duplicate`: same
-   kind, same value by `delm_rlm.values.values_equal`, same normalized text or token
-   Jaccard >= 0.9 with the same numbers) is MERGED into it: the existing gist's support
-   grows, the trace records `gist_merged`. When the team asks, an empty PARTIAL about a
-   chunk with text is sent back with a hint (`verify.empty_result`).
+1. form (`verify.form`): size limits, provenance, the evidence a kind needs; refused
+   outright: FAILURE gists (only the verifier writes those), a proposer's `tolerance`,
+   non-finite numbers, a QUESTION with a value. A gist that is an exact or near duplicate
+   of an admitted one (`SharedContext.find_duplicate`: same kind, same value by
+   `delm_rlm.values.values_equal`, same normalized text or token Jaccard >= 0.9 with the
+   same numbers) is MERGED into it: the existing gist's support grows, the trace records
+   `gist_merged`. When the team asks, an empty PARTIAL about a chunk with text is sent back
+   with a hint (`verify.empty_result`).
 2. quotes (`verify.quotes`): every `QuoteEvidence` must occur in document `doc` at
    `[start, end)`, give or take `quote_slack` characters. A whitespace-only quote is
    rejected.
-3. code (`verify.code_check`): `check` runs in the verifier's own sandbox, which holds the
-   corpus and nothing of the proposer, each check in a fresh namespace. The printed output
-   must state the claimed value (`delm_rlm.values.compare_printed`); the output is stored on
-   the admitted gist as `CodeEvidence`.
+3. code (`verify.code_check`): `check` runs in the verifier's own sandbox, in a fresh
+   forked interpreter that holds the corpus and nothing of the proposer or of any other
+   check. Its whole printed output must be the claimed value, and must change when the
+   corpus is emptied (unless the value is a "nothing found" one); code given as evidence
+   is re-run the same way and the verifier's output is what is kept. The check's output
+   is stored on the admitted gist as `CodeEvidence`.
    When the check replayed `classify`, the labels stage (`verify.spot_check`) re-labels a
    sample of those items independently and rejects the claim when they disagree too much;
    decided disagreements become labelling rules (`verify.label_rules`).
-4. judge (`verify.judge`): claims that carry no check (FACT, PARTIAL, CONSTRAINT) go to the
+4. substance (`verify.substance`): a claim with quotes and no check or value must share
+   its numbers, names and most content words with its evidence, before any judge is asked.
+5. judge (`verify.judge`): claims that carry no check (FACT, PARTIAL, CONSTRAINT) go to the
    model (role "verifier"), which answers one line: `ADMIT: why` or `REJECT: why`.
-   Anything but a clear ADMIT is a rejection.
-5. conflicts (`verify.conflicts`), after admission: an admitted claim about the same thing
+   Anything but a clear ADMIT is a rejection. With the judge off, a claimed value without a
+   check is rejected (nothing can verify it), and a quote-only claim is admitted on
+   stages 2 and 4.
+6. conflicts (`verify.conflicts`), after admission: an admitted claim about the same thing
    with another value is settled by re-running both checks or by votes; the loser becomes
    SUPERSEDED.
+
+QUESTION gists are admitted as open questions (quotes checked, nothing claimed); the prompt
+view shows them apart from the verified gists.
 
 A rejection at the empty, quote, code or judge stage records an admitted FAILURE gist
 (what was claimed, why it failed, the check's output) in the same transaction, so no agent
@@ -56,7 +67,7 @@ from delm_rlm.state.context import SharedContext
 from delm_rlm.trace import Trace
 from delm_rlm.values import collapse_whitespace
 from delm_rlm.verify.agreement import AgreementRules
-from delm_rlm.verify.code_check import CHECK_TIMEOUT_SECONDS, CheckRunner
+from delm_rlm.verify.code_check import CHECK_TIMEOUT_SECONDS, FLOAT_TOLERANCE, CheckRunner
 from delm_rlm.verify.conflicts import DEFAULT_VOTES, ConflictResolver, check_vote_count
 from delm_rlm.verify.empty_result import check_empty_result
 from delm_rlm.verify.form import CLAIM_KINDS, MAX_SUMMARY_CHARS, check_form
@@ -64,6 +75,7 @@ from delm_rlm.verify.judge import JUDGE_SOURCE_CHARS, judge_claim
 from delm_rlm.verify.label_rules import label_rules
 from delm_rlm.verify.quotes import QUOTE_SLACK_CHARS, check_quote
 from delm_rlm.verify.spot_check import DEFAULT_MAX_RULES, DEFAULT_MIN_AGREEMENT, ReplayWatcher, SpotChecker
+from delm_rlm.verify.substance import unsupported
 from delm_rlm.verify.verdict import Rejection, Verdict, VerificationStats
 
 if TYPE_CHECKING:
@@ -73,6 +85,8 @@ if TYPE_CHECKING:
 MAX_OUTPUT_KEPT = 2000  # characters of a check's output stored as evidence
 MAX_FAILURE_TEXT = 300  # a FAILURE gist's text: one prompt-view line
 MAX_FAILURE_CLAIM = 110  # of which the rejected claim, quoted
+# Kinds whose text must say what their quotes say (stage 4).
+SUBSTANCE_KINDS = CLAIM_KINDS | {GistKind.EVIDENCE}
 
 
 class Verifier:
@@ -81,9 +95,11 @@ class Verifier:
     `sandbox_factory` builds the verifier's own sandbox (started lazily, on the first
     check); `corpus_value` is what it loads (default: `docs`); `lm` is the judge (None:
     claims that need the judge are rejected, unless `judge=False`, which admits quote-backed
-    claims on their quotes alone, for benchmarks and for users who accept that);
-    `replay_tools` are host functions a check may call (see `CheckRunner`); `label_hint`
-    the labels the question or corpus names, for the empty-result hint.
+    claims without a value on their quotes and the substance rule alone, for benchmarks and
+    for users who accept that); `replay_tools` are host functions a check may call (see
+    `CheckRunner`); `label_hint` the labels the question or corpus names, for the
+    empty-result hint; `float_tolerance` the relative slack within which a float printed by a
+    check states a claimed number (ints compare exactly; no proposer sets a tolerance).
 
     Labels and conflicts: `spot_check_sample` items of a claim resting on `classify` are
     re-labelled by `lm` (0, the default: no spot checks; 8 is `DEFAULT_SPOT_CHECK_SAMPLE`);
@@ -118,6 +134,7 @@ class Verifier:
         max_label_rules: int = DEFAULT_MAX_RULES,
         votes: int = DEFAULT_VOTES,
         resolve_conflicts: bool = True,
+        float_tolerance: float = FLOAT_TOLERANCE,
     ) -> None:
         if quote_slack < 0:
             raise ConfigError(f"quote_slack must be >= 0 characters, got {quote_slack!r}")
@@ -139,6 +156,7 @@ class Verifier:
             timeout=check_timeout,
             replay_tools=self._watch_replays(replay_tools),
             stats=self.stats,
+            float_tolerance=float_tolerance,
         )
         self.spot_checks = SpotChecker(
             lm, self.docs, sample=spot_check_sample, min_agreement=spot_check_agreement,
@@ -200,7 +218,10 @@ class Verifier:
             with self._stage("form", checks):
                 needs_check = self.require_check_for_values if require_check is None else require_check
                 check_form(gist, source, needs_check)
-            pending = self.context.add_pending(gist)
+            # Code given as evidence is stored only as the verifier re-ran it (stage 3).
+            given_code = [e for e in gist.evidence if isinstance(e, CodeEvidence)]
+            quotes = [e for e in gist.evidence if isinstance(e, QuoteEvidence)]
+            pending = self.context.add_pending(gist.model_copy(update={"evidence": quotes}))
             self._emit("gist_proposed", agent, task, gist=pending)
             admissions_seen = self._admissions
             duplicate = self.context.find_duplicate(pending)
@@ -212,7 +233,6 @@ class Verifier:
                 self.agreement.check(gist, source)
 
             # 2. quotes
-            quotes = [e for e in gist.evidence if isinstance(e, QuoteEvidence)]
             if quotes:
                 with self._stage("quotes", checks):
                     for ev in quotes:
@@ -225,25 +245,49 @@ class Verifier:
                     if problem is not None:
                         raise Rejection("support", problem)
 
-            # 3. code check
+            # 3. code: evidence code re-run, then the check
             added: list[CodeEvidence] = []
             output: str | None = None
             spot = None
-            if gist.check is not None:
+            if gist.check is not None or given_code:
                 with self._stage("code", checks):
-                    output = await self.checks.run(gist, check_vars or {})
-                added.append(CodeEvidence(code=gist.check, output=output[:MAX_OUTPUT_KEPT]))
-                replayed = self.replays.since(replay_mark, source)
-                if self.spot_checks.applies(pending, replayed):
-                    with self._stage("labels", checks):
-                        spot = await self.spot_checks.check(pending, replayed, source)
+                    for ev in given_code:
+                        rerun = await self.checks.rerun_evidence(ev, check_vars or {})
+                        added.append(CodeEvidence(code=rerun.code, output=rerun.output[:MAX_OUTPUT_KEPT]))
+                    if gist.check is not None:
+                        output = await self.checks.run(gist, check_vars or {})
+                        added.append(CodeEvidence(code=gist.check, output=output[:MAX_OUTPUT_KEPT]))
+                if gist.check is not None:
+                    replayed = self.replays.since(replay_mark, source)
+                    if self.spot_checks.applies(pending, replayed):
+                        with self._stage("labels", checks):
+                            spot = await self.spot_checks.check(pending, replayed, source)
 
-            # 4. judge, for claims nothing above could check
+            # 4. substance: a claim resting on its evidence's words must share them
+            if gist.check is None and gist.value is None and quotes and gist.kind in SUBSTANCE_KINDS:
+                problem = unsupported(
+                    gist.text, [q.quote for q in quotes] + [e.output for e in added],
+                    cited_docs={q.doc for q in quotes},
+                )
+                if problem is not None:
+                    raise Rejection("quotes", problem)
+
+            # 5. judge, for claims nothing above could check
             note = "verified: " + ", ".join(checks[1:]) if len(checks) > 1 else "form only"
+            if gist.kind == GistKind.QUESTION:
+                note = "an open question: asked, not verified"
             if gist.check is None and gist.kind in CLAIM_KINDS:
                 if self.judge:
+                    shown = pending.model_copy(update={"evidence": [*pending.evidence, *added]})
                     with self._stage("judge", checks):
-                        note = "judge: " + await judge_claim(self.lm, pending, source, self.judge_source_chars)
+                        note = "judge: " + await judge_claim(self.lm, shown, source, self.judge_source_chars)
+                elif gist.value is not None:
+                    raise Rejection(
+                        "form",
+                        "no check and no judge: cannot verify the claimed value; pass check=... with "
+                        "code that computes it from the corpus and prints it",
+                        record=False,
+                    )
                 elif not quotes:
                     raise Rejection(
                         "form",
@@ -251,7 +295,7 @@ class Verifier:
                         record=False,
                     )
                 else:
-                    note = "quotes verified (model judge off)"
+                    note = "quotes verified and they state it (model judge off)"
 
             # Admit, unless an equal gist was admitted while this one was being checked.
             async with self._admit_lock:

@@ -43,7 +43,7 @@ from delm_rlm.state.context import SharedContext
 from delm_rlm.trace import Trace
 from delm_rlm.values import collapse_whitespace, parse_printed, values_equal
 from delm_rlm.verify.agreement import AgreementRules, count_shape, describe_shape
-from delm_rlm.verify.code_check import CHECK_TIMEOUT_SECONDS, check_cell, last_error_line
+from delm_rlm.verify.code_check import CHECK_TIMEOUT_SECONDS, CheckRun, CheckRunner, last_error_line
 from delm_rlm.verify.empty_result import is_empty_value
 from delm_rlm.verify.form import MAX_CHECK_CHARS
 from delm_rlm.verify.gate import MAX_OUTPUT_KEPT, failure_gist
@@ -51,7 +51,7 @@ from delm_rlm.verify.replay import AGENT_ONLY_NAMES
 from delm_rlm.verify.verdict import Rejection, Verdict
 
 if TYPE_CHECKING:
-    from sandbox import ExecResult, Sandbox
+    from sandbox import Sandbox
 
 COMBINE_STEPS = ("sum", "concat", "max", "min")
 # Names a method may not call: they need the model or the proposer's REPL.
@@ -119,52 +119,33 @@ def code_problem(code: str) -> str | None:
 
 
 class MethodRunner:
-    """The sandbox methods run in, started on the first run; a run that errors, times out or
-    crashes gets the kernel restarted before the next one. Runs take turns."""
+    """Methods run the way checks do (verify.code_check): each run in a fresh forked
+    interpreter of a verifier sandbox that holds the corpus, so no run can see or change
+    what another left. Runs take turns."""
 
     def __init__(self, sandbox_factory: Callable[[], Sandbox] | None, corpus_value: Any,
                  *, timeout: float = CHECK_TIMEOUT_SECONDS) -> None:
         if not timeout > 0:
             raise ConfigError(f"a method's timeout must be > 0 seconds, got {timeout!r}")
-        self.sandbox_factory = sandbox_factory
-        self.corpus_value = corpus_value
         self.timeout = timeout
         self.runs = 0
-        self.sandbox: Sandbox | None = None
-        self.lock = asyncio.Lock()
+        self.checks = CheckRunner(sandbox_factory, corpus_value, timeout=timeout) if sandbox_factory else None
 
     async def close(self) -> None:
-        if self.sandbox is not None:
-            sb, self.sandbox = self.sandbox, None
-            await sb.close()
+        if self.checks is not None:
+            await self.checks.close()
 
-    async def run(self, code: str, target: ChunkTarget) -> ExecResult:
+    async def run(self, code: str, target: ChunkTarget) -> CheckRun:
         """Run `code` on `target`'s chunk; the sandbox's own failure raises a `Rejection`
         that records nothing (it says nothing about the method)."""
-        if self.sandbox_factory is None:
+        if self.checks is None:
             raise Rejection("method", "this team has no sandbox to run methods in", record=False)
-        cell = check_cell(code, target.check_vars(), [])
-        async with self.lock:
-            try:
-                if self.sandbox is None:
-                    sb = self.sandbox_factory()
-                    await sb.start()
-                    await sb.load_context(self.corpus_value)
-                    self.sandbox = sb
-                result = await self.sandbox.execute(cell, timeout=self.timeout)
-                self.runs += 1
-                if not result.ok and not result.restarted:
-                    await self.sandbox.restart()
-            except Exception as exc:
-                broken, self.sandbox = self.sandbox, None
-                if broken is not None:
-                    try:
-                        await broken.close()
-                    except Exception:
-                        pass
-                raise Rejection("method", f"the method sandbox failed ({type(exc).__name__}: {str(exc)[:200]})",
-                                record=False) from exc
-        return result
+        try:
+            real, _ = await self.checks.execute(code, target.check_vars(), counterfactual=False)
+        except Rejection as exc:
+            raise Rejection("method", exc.reason, record=exc.record) from exc
+        self.runs += 1
+        return real
 
 
 class MethodGate:
@@ -201,12 +182,12 @@ class MethodGate:
         why when it fails there (M3): an error, a timeout, no output, an empty value, another
         shape than `shape`, a value that does not agree."""
         result = await self.runner.run(code, target)
-        output = result.stdout
+        output = result.output
         where = f"on {target.task_id}'s chunk:"
         if result.timed_out:
             raise Rejection("method", f"{where} it timed out after {self.runner.timeout:g} s", output=output)
-        if result.restarted:
-            raise Rejection("method", f"{where} it crashed the REPL", output=output)
+        if result.ended or result.too_long:
+            raise Rejection("method", f"{where} it {result.ended or 'printed too much'}", output=output)
         if result.error:
             raise Rejection("method", f"{where} it raised {last_error_line(result.error)}", output=output)
         if not output.strip():

@@ -112,6 +112,8 @@ class VerificationStats(BaseModel):
     rejected: int = 0
     merged: int = 0
     checks_run: dict[str, int] = Field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+    # Check interpreters lost to a timeout or crash, plus verifier sandboxes rebuilt after a
+    # check broke the kernel (every check runs in a fresh forked interpreter anyway).
     kernel_restarts: int = 0
     spot_checks: int = 0  # claims whose labels were re-labelled on a sample
     spot_check_items: int = 0  # items re-labelled, in all

@@ -1,0 +1,117 @@
+"""The substance rule: a claim backed by quotes (and no check) must say what its quotes say,
+as far as words can show it, before it is admitted or any model judge is asked.
+
+A quote proves only that its words are in the corpus; without the rule, "the answer is
+999" quoting an unrelated line is "verified" whenever the judge is off. The rule is
+deterministic and deliberately simple; it compares the claim's text with the text of its
+evidence (the quoted spans, and the verifier's own output of any code evidence):
+
+1. every number in the claim occurs in the evidence, except numbers that say where rather
+   than what: one after a word for a place in the corpus ("doc 1", "line 5", "chunk 3",
+   "lines 10-20", "row 7") and one equal to a cited document's index;
+2. every name in the claim occurs in the evidence: a word with a capital letter that does
+   not open the claim, or a phrase the claim puts in quotes;
+3. at least half of the claim's other content words (three letters or more, not a common
+   function word or a word about the corpus itself such as "doc", "line", "chunk") occur in
+   the evidence, a word matching another when one begins with the other and the shorter has
+   four letters or more ("report" / "reports");
+4. a claim with none of these (no number, name or content word) says nothing a quote can
+   support, and is refused.
+
+Words are compared case-insensitively. What the rule cannot see: meaning ("not", order,
+scope). A claim that passes it may still be false; with the judge on, the judge decides it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?![\w])")
+_WORD = re.compile(r"[^\W\d_][^\W_]*(?:['\u2019-][^\W\d_]+)*")
+_REFERENCE = re.compile(
+    r"\b(?:docs?|documents?|lines?|chunks?|rows?|items?|pages?|paragraphs?|records?|entries|entry)"
+    r"\s*(?:no\.?|#)?\s*(\d+)(?:\s*(?:-|\u2013|to|and)\s*(\d+))?",
+    re.IGNORECASE,
+)
+_QUOTED = re.compile(r"'([^']{2,})'|\"([^\"]{2,})\"|\u2018([^\u2019]{2,})\u2019|\u201c([^\u201d]{2,})\u201d")
+
+# Function words, and words about the corpus itself: neither is substance a quote shows.
+STOPWORDS = frozenset(
+    """a an the and or nor but if then so than that this these those there here it its they them
+    their he she his her we our you your i me my of to in on at by for with from into onto
+    over under about after before between during as is are was were be been being am has have
+    had do does did done can could should would will shall may might must not no yes any all
+    some each every both either neither one ones which who whom whose what when where why how
+    also only just very more most less least such same other another own says said say states
+    stated state mentions mention mentioned contains contain contained shows show shown lists
+    listed list reads read quote quoted quotes text texts corpus doc docs document documents
+    chunk chunks line lines passage passages source sources given gives give""".split()
+)
+MIN_WORD = 3
+MIN_STEM = 4
+
+
+def _number_value(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def _matches(word: str, pool: set[str]) -> bool:
+    if word in pool:
+        return True
+    for other in pool:
+        short, long_ = (word, other) if len(word) <= len(other) else (other, word)
+        if len(short) >= MIN_STEM and long_.startswith(short):
+            return True
+    return False
+
+
+def unsupported(claim: str, evidence: Sequence[str], cited_docs: Iterable[int] = ()) -> str | None:
+    """None when `claim` shares substance with the `evidence` texts by the rule above;
+    else the reason, naming what is missing."""
+    source = " ".join(evidence)
+    source_lower = " ".join(source.split()).lower()
+    source_numbers = {_number_value(n) for n in _NUMBER.findall(source)}
+    exempt = {float(d) for d in cited_docs}
+    for found in _REFERENCE.finditer(claim):
+        exempt.update(float(n) for n in found.groups() if n is not None)
+    missing_numbers = [
+        n for n in _NUMBER.findall(claim)
+        if _number_value(n) not in source_numbers and _number_value(n) not in exempt
+    ]
+    if missing_numbers:
+        return (
+            f"the quotes do not contain {', '.join(missing_numbers[:3])}, which the claim states: quote "
+            "the words that show it, or give the value with check code that computes it"
+        )
+    pool = set(_words(source))
+    quoted = [next(g for g in m.groups() if g) for m in _QUOTED.finditer(claim)]
+    missing_phrases = [q for q in quoted if " ".join(q.split()).lower() not in source_lower]
+    if missing_phrases:
+        return f"the quotes do not contain {missing_phrases[0]!r}, which the claim quotes"
+    unquoted = _QUOTED.sub(" ", claim)
+    tokens = _WORD.findall(unquoted)
+    names = [t for i, t in enumerate(tokens) if i > 0 and any(c.isupper() for c in t)
+             and t.lower() not in STOPWORDS]
+    missing_names = [n for n in names if not _matches(n.lower(), pool)]
+    if missing_names:
+        return f"the quotes do not mention {missing_names[0]!r}, which the claim names"
+    content = [w for w in (t.lower() for t in tokens) if len(w) >= MIN_WORD and w not in STOPWORDS]
+    content = list(dict.fromkeys(content))
+    if not content and not _NUMBER.search(claim) and not names and not quoted:
+        return "the claim states nothing the quotes could show: say what they say, in their words"
+    found = [w for w in content if _matches(w, pool)]
+    if content and 2 * len(found) < len(content):
+        absent = [w for w in content if w not in found]
+        return (
+            f"the quotes share too few of the claim's words (not in them: {', '.join(absent[:4])}): "
+            "state what the quoted text says"
+        )
+    return None
