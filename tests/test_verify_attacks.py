@@ -99,7 +99,8 @@ async def test_a_check_that_kills_the_verifier_kernel_cannot_poison_the_next(tmp
         poisoned = pickle.dumps(["spam: x\n" * 42, DOCS[1]], protocol=5)
         attack = (
             "import os, signal\n"
-            f"open({workspace!r} + '/.delm/context.pkl', 'wb').write({poisoned!r})\n"
+            # Where the sandbox already makes the corpus file read-only, the kill still comes.
+            f"try:\n    open({workspace!r} + '/.delm/context.pkl', 'wb').write({poisoned!r})\nexcept OSError:\n    pass\n"
             f"open({workspace!r} + '/statistics.py', 'w').write('def mean(*a, **k):\\n    return 42\\n')\n"
             f"os.kill({kernel_pid}, signal.SIGKILL)\n"
             "print(len(docs))"
@@ -111,10 +112,12 @@ async def test_a_check_that_kills_the_verifier_kernel_cannot_poison_the_next(tmp
             "import statistics\nprint(statistics.mean(len(l) for l in docs[0].splitlines() if l.startswith('spam')))",
         ))
     assert warm.status == "admitted", warm.reason
-    assert killed.status == "rejected"
+    assert killed.status == "rejected", killed.reason
     assert after.status == "admitted", after.reason
     assert mean.status == "admitted", mean.reason
-    assert verifier.stats.kernel_restarts >= 1
+    # Either the kill landed (the sandbox was rebuilt) or the sandbox kept the check from
+    # signalling its kernel at all (bubblewrap/unshare: the check printed the true count).
+    assert verifier.stats.kernel_restarts >= 1 or "printed '2'" in (killed.reason or ""), killed.reason
 
 
 async def test_checks_are_fresh_interpreters_with_nothing_left_running(tmp_path: Path) -> None:

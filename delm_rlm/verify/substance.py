@@ -9,8 +9,9 @@ evidence (the quoted spans, and the verifier's own output of any code evidence):
 1. every number in the claim occurs in the evidence, except numbers that say where rather
    than what: one after a word for a place in the corpus ("doc 1", "line 5", "chunk 3",
    "lines 10-20", "row 7") and one equal to a cited document's index;
-2. every name in the claim occurs in the evidence: a word with a capital letter that does
-   not open the claim, or a phrase the claim puts in quotes;
+2. every name in the claim occurs in the evidence: a word of two letters or more with a
+   capital letter that does not open the claim (one letter is a label, such as a choice),
+   or a phrase the claim puts in quotes;
 3. at least half of the claim's other content words (three letters or more, not a common
    function word or a word about the corpus itself such as "doc", "line", "chunk") occur in
    the evidence, a word matching another when one begins with the other and the shorter has
@@ -98,7 +99,8 @@ def unsupported(claim: str, evidence: Sequence[str], cited_docs: Iterable[int] =
         return f"the quotes do not contain {missing_phrases[0]!r}, which the claim quotes"
     unquoted = _QUOTED.sub(" ", claim)
     tokens = _WORD.findall(unquoted)
-    names = [t for i, t in enumerate(tokens) if i > 0 and any(c.isupper() for c in t)
+    # One letter is a label (a choice "(B)", an option), not a name the quotes must carry.
+    names = [t for i, t in enumerate(tokens) if i > 0 and len(t) > 1 and any(c.isupper() for c in t)
              and t.lower() not in STOPWORDS]
     missing_names = [n for n in names if not _matches(n.lower(), pool)]
     if missing_names:
