@@ -80,10 +80,7 @@ def register_team_tools(sb: Sandbox, run: TeamRun, state: AgentState) -> None:
                            gist_id=None, reason=f"bad proposal: {reason}", failure_gist_id=None)
             return {"status": "rejected", "reason": f"bad proposal: {reason}"}
         chunk = state.chunk
-        check_vars = (
-            {"chunk_doc": chunk.doc, "chunk_start": chunk.start, "chunk_end": chunk.end}
-            if chunk is not None else {}
-        )
+        check_vars = chunk.repl_variables() if chunk is not None else {}
         verdict = await run.verifier.verify(
             gist, source=run.chunk_text(chunk) if chunk is not None else None,
             check_vars=check_vars, reject_empty=state.first_attempt,

@@ -3,9 +3,9 @@ claimed value.
 
 That sandbox holds the corpus and nothing of the proposer. Each check runs in a fresh
 namespace (`context`, a fresh list `docs`, a copy of `df`, a fresh builtins dict, plus the
-task's slice variables `chunk`, `chunk_doc`, `chunk_start`, `chunk_end` when the team passes
-them, and the replayed host tools), so checks cannot see each other's variables; a check
-that errors, times out or crashes the kernel gets the kernel restarted before the next one
+task's slice variables (`chunk`, `chunk_doc`, ... `chunk_df`, rebuilt by chunking's
+CHUNK_SETUP_CODE) when the team passes them, and the replayed host tools), so checks cannot
+see each other's variables; a check that errors, times out or crashes the kernel gets the kernel restarted before the next one
 (its state may be half-changed). Reusing one kernel between checks keeps a check at a few
 milliseconds instead of ~0.5 s. Checks take turns on that kernel.
 
@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from delm_rlm import prompts
+from delm_rlm.chunking import CHUNK_SETUP_CODE
 from delm_rlm.errors import ConfigError
 from delm_rlm.gists import Gist
 from delm_rlm.values import collapse_whitespace, compare_printed
@@ -33,7 +34,7 @@ CHECK_TIMEOUT_SECONDS = 30.0
 # copies of the corpus containers and its own builtins dict: a check cannot leave state for
 # the next one through its globals, `docs.append(...)`, `df.drop(..., inplace=True)` or
 # `__builtins__`.
-CHECK_RUNNER = '''
+CHECK_RUNNER = f"__delm_chunk_setup = {CHUNK_SETUP_CODE!r}\n" + '''
 def __delm_check(__code, __vars):
     import builtins as __b
     __ns = {"__name__": "__check__", "__builtins__": dict(__b.__dict__)}
@@ -41,13 +42,13 @@ def __delm_check(__code, __vars):
     if "context" in __g: __ns["context"] = __g["context"]
     if "docs" in __g: __ns["docs"] = list(__g["docs"])
     if "df" in __g: __ns["df"] = __g["df"].copy()
-    if "chunk_doc" in __vars:
-        __d, __s, __e = __vars["chunk_doc"], __vars["chunk_start"], __vars["chunk_end"]
-        __ns["chunk"] = __ns["docs"][__d][__s:__e]
-    elif "context" in __ns:
-        __ns["chunk"] = __ns["context"]
     for __t in __vars.pop("__replay_tools", []):
         if __t in __g: __ns[__t] = __g[__t]
+    if "chunk_doc" in __vars:
+        __ns.update({"chunk_doc_end": __vars["chunk_doc"], "chunk_rows": False, **__vars})
+        exec(__delm_chunk_setup, __ns)
+    elif "context" in __ns:
+        __ns["chunk"] = __ns["context"]
     __ns.update(__vars)
     exec(compile(__code, "<check>", "exec"), __ns)
 '''
