@@ -120,3 +120,17 @@ async def test_documents_pack_into_one_task_on_request_and_its_check_passes(tmp_
     assert len(TaskQueue(store).all()) == 1
     (partial,) = store.list_gists(status="admitted", kinds="partial")
     assert partial.value == 3 and partial.evidence[-1].type == "code"
+
+
+def test_a_quote_is_located_in_whichever_document_of_a_packed_chunk_holds_it() -> None:
+    from delm_rlm.chunking import split_corpus
+    from delm_rlm.team.tools import locate_quote
+
+    (chunk,) = split_corpus(SPAM_DOCS, by="pack")
+    assert (chunk.doc, chunk.last_doc) == (0, 2)
+    assert locate_quote(SPAM_DOCS, chunk, "spam: prize") == {
+        "type": "quote", "doc": 2, "start": 13, "end": 24, "quote": "spam: prize"}
+    near = locate_quote(SPAM_DOCS, chunk, "ham: reports")  # a near copy, mapped into doc 1
+    assert near["doc"] == 1 and near["quote"] == SPAM_DOCS[1][near["start"]:near["end"]]
+    missing = locate_quote(SPAM_DOCS, chunk, "no such words anywhere at all")
+    assert (missing["doc"], missing["start"], missing["end"]) == (0, 0, len(SPAM_DOCS[0]))
