@@ -335,8 +335,9 @@ def test_a_large_run_needs_yes_without_a_terminal(
 
 
 def test_a_budget_stop_says_how_to_resume_and_resume_finishes_the_run(fruit: Path, tmp_path: Path) -> None:
-    stopped = delm("ask", QUESTION, "--context", str(fruit), "--agents", "2", "--budget-tokens", "2000", "--out", "run",
-                   cwd=tmp_path, script="team_counter")
+    # --plan split: the scout would answer this small corpus whole, inside the budget.
+    stopped = delm("ask", QUESTION, "--context", str(fruit), "--agents", "2", "--plan", "split",
+                   "--budget-tokens", "2000", "--out", "run", cwd=tmp_path, script="team_counter")
     assert stopped.returncode == 1, stopped.stderr
     assert "status: budget" in stopped.stdout
     assert "finish it with `delm-rlm resume run`" in stopped.stderr

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, SplitBy
+from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, DEFAULT_MAX_TASKS, SplitBy
 from delm_rlm.llm import Budget
 from sandbox import SandboxFactory, SandboxSpec
 
@@ -33,6 +33,8 @@ class TeamConfig(BaseModel):
     chunk_chars: int | None = Field(default=DEFAULT_CHUNK_CHARS, ge=1)
     chunk_tokens: int | None = Field(default=None, ge=1)
     split_by: SplitBy = "auto"
+    # The initial split's task cap: over it, documents and rows are packed into fewer chunks.
+    max_tasks: int = Field(default=DEFAULT_MAX_TASKS, ge=1)
     max_iterations: int = Field(default=8, ge=1)
     cell_timeout: float | None = Field(default=None, gt=0)
     lease_s: float = Field(default=60.0, gt=0)

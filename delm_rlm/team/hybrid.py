@@ -1,5 +1,5 @@
 """The hybrid role: each agent is an RLM loop in its own sandbox, whose REPL also holds the
-team's tools and the task's slice (`chunk`, `chunk_doc`, `chunk_start`, `chunk_end`); the
+team's tools and the task's slice (`chunk`, `chunk_doc`, ... `chunk_df`: chunking.py); the
 finalizer aggregates the admitted values in code (with `add_up` or `combine`).
 
 A chunk task is first offered to the team's newest admitted method (team/sharing.py): no
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, cast
 
 from delm_rlm import prompts
+from delm_rlm.chunking import whole_corpus_setup
 from delm_rlm.errors import RunStateError
 from delm_rlm.rlm import RLM, Cell
 from delm_rlm.state.queue import Task
@@ -25,7 +26,7 @@ from delm_rlm.verify import Verdict
 from sandbox import ExecResult, Sandbox
 
 # The finalizer works on no chunk: its `chunk` is the whole corpus.
-FINAL_SETUP = "chunk_doc = chunk_start = chunk_end = None\nchunk = context\ntask_id = None\n" + ADD_UP_CODE
+FINAL_SETUP = whole_corpus_setup() + "task_id = None\n" + ADD_UP_CODE
 
 
 class TaskSandbox:
@@ -94,11 +95,7 @@ class HybridRole(Role):
             run.trace.emit("agent_step", agent=state.agent_id, task=task.id,
                            action=f"served by method {state.verdicts[-1].reason} (no model call)")
             return TaskOutcome(served.output.strip() if served.output else None, None)
-        if chunk is not None:
-            setup = (f"chunk_doc, chunk_start, chunk_end = {chunk.doc}, {chunk.start}, {chunk.end}\n"
-                     "chunk = docs[chunk_doc][chunk_start:chunk_end]")
-        else:
-            setup = "chunk_doc = chunk_start = chunk_end = None\nchunk = context"
+        setup = chunk.repl_setup() if chunk is not None else whole_corpus_setup()
         setup += f"\ntask_id = {task.id!r}"
         sb = self._sandbox()
         result = await sb.execute(setup, timeout=60)

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from delm_rlm import prompts
-from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, Chunk, split_corpus
+from delm_rlm.chunking import Chunk, team_split
 from delm_rlm.team.run import TeamRun
 from delm_rlm.team.scout import NeedsReading, PlanChoice, choose_plan
 from delm_rlm.verify import AgreementRules
@@ -47,15 +47,12 @@ async def plan_tasks(run: TeamRun, *, runs_code: bool, needs_reading: NeedsReadi
 def split_tasks(run: TeamRun) -> dict[str, dict[str, Any]]:
     """Queue one task per chunk; the chunks by task id (as stored in the run's meta)."""
     cfg = run.config
-    if cfg.chunk_tokens is not None:
-        split = split_corpus(run.docs, size=cfg.chunk_tokens, unit="tokens",
-                             by=cfg.split_by, count_tokens=run.lm.count_tokens)
-    else:
-        split = split_corpus(run.docs, size=cfg.chunk_chars or DEFAULT_CHUNK_CHARS, by=cfg.split_by)
+    split = team_split(run.docs, chunk_chars=cfg.chunk_chars, chunk_tokens=cfg.chunk_tokens, split_by=cfg.split_by,
+                       max_tasks=cfg.max_tasks, count_tokens=run.lm.count_tokens, table=run.corpus.table)
     chunks: dict[str, dict[str, Any]] = {}
     for chunk in split:
         goal = (
-            f"Work on {chunk.describe(len(split))} for the team question; "
+            f"Work on {chunk.describe(len(split), run.corpus.names)} for the team question; "
             "propose your chunk's result as a PARTIAL gist."
         )
         task = run.queue.add(goal, created_by="split")

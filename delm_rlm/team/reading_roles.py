@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from delm_rlm import prompts
+from delm_rlm.chunking import whole_corpus_setup
 from delm_rlm.errors import LMError, RunStateError
 from delm_rlm.rlm import CHARS_PER_TOKEN, RLM, Cell
 from delm_rlm.state.queue import Task
@@ -112,11 +113,7 @@ class HybridReadingRole(HybridRole):
         run, state = self.run, self.state
         self.summary = None
         chunk = state.chunk
-        if chunk is not None:
-            setup = (f"chunk_doc, chunk_start, chunk_end = {chunk.doc}, {chunk.start}, {chunk.end}\n"
-                     "chunk = docs[chunk_doc][chunk_start:chunk_end]")
-        else:
-            setup = "chunk_doc = chunk_start = chunk_end = None\nchunk = context"
+        setup = chunk.repl_setup() if chunk is not None else whole_corpus_setup()
         setup += f"\ntask_id = {task.id!r}"
         if self.sandbox is None:
             raise RunStateError("the agent's sandbox is not started: call start() first")

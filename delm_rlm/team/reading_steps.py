@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from delm_rlm import prompts
-from delm_rlm.chunking import DEFAULT_CHUNK_CHARS, Chunk, split_corpus
+from delm_rlm.chunking import Chunk, team_split
 from delm_rlm.gists import MAX_TEXT_CHARS, Gist, GistKind
 from delm_rlm.state.context import SharedContext
 from delm_rlm.state.queue import Task
@@ -183,9 +183,21 @@ class ReadingSteps:
             known = self.summaries.get(key)
             if known is not None and known.anchors and not known.rejected:
                 return known
-            summary = await summarize_chunk(
-                run.lm, run.docs, chunk.doc, chunk.start, chunk.end, cache=self.cache, trace=run.trace,
-                tags={"agent": agent, "task": task_id}, where=run.chunk_desc(chunk),
+            where, tags = run.chunk_desc(chunk), {"agent": agent, "task": task_id}
+            # A packed chunk (several documents, or rows) is read document by document: an
+            # anchor's offsets are within one document.
+            parts = [(d, chunk.start if d == chunk.doc else 0, chunk.end if d == chunk.last_doc else len(run.docs[d]))
+                     for d in chunk.documents]
+            read = await asyncio.gather(*(
+                summarize_chunk(run.lm, run.docs, d, s, e, cache=self.cache, trace=run.trace, tags=tags, where=where)
+                for d, s, e in parts if s < e or len(parts) == 1
+            ))
+            summary = read[0] if len(read) == 1 else ChunkSummary(
+                where=where,
+                anchors=[a.model_copy(update={"id": f"a{i}"})
+                         for i, a in enumerate((a for part in read for a in part.anchors), start=1)],
+                rejected=[r for part in read for r in part.rejected],
+                from_cache=sum(part.from_cache for part in read),
             )
             self.summaries[key] = summary
             return summary
@@ -193,10 +205,8 @@ class ReadingSteps:
     def corpus_chunks(self) -> list[Chunk]:
         """The corpus split as the planner splits it (the run's chunk size)."""
         cfg, run = self.run.config, self.run
-        if cfg.chunk_tokens is not None:
-            return split_corpus(run.docs, size=cfg.chunk_tokens, unit="tokens", by=cfg.split_by,
-                                count_tokens=run.lm.count_tokens)
-        return split_corpus(run.docs, size=cfg.chunk_chars or DEFAULT_CHUNK_CHARS, by=cfg.split_by)
+        return team_split(run.docs, chunk_chars=cfg.chunk_chars, chunk_tokens=cfg.chunk_tokens, split_by=cfg.split_by,
+                          max_tasks=cfg.max_tasks, count_tokens=run.lm.count_tokens, table=run.corpus.table)
 
     def retrieved(self, query: str) -> ChunkSummary:
         """The run's anchors most related to `query` (shared word stems), renumbered."""

@@ -106,10 +106,7 @@ class Role(ABC):
             provenance=run.provenance(state),
         )
         chunk = state.chunk
-        check_vars = (
-            {"chunk_doc": chunk.doc, "chunk_start": chunk.start, "chunk_end": chunk.end}
-            if check is not None and chunk is not None else None
-        )
+        check_vars = chunk.repl_variables() if check is not None and chunk is not None else None
         return await run.verifier.verify(
             gist, source=run.chunk_text(chunk), check_vars=check_vars, require_check=False,
             reject_empty=state.first_attempt,

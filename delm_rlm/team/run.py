@@ -112,13 +112,13 @@ class TeamRun:
     def chunk_text(self, chunk: Chunk | None) -> str:
         """A task's slice of the corpus; the whole corpus for a task without one."""
         if chunk is not None:
-            return chunk.text(self.docs)
+            return chunk.text(self.docs, self.corpus.table)
         return self.corpus.value if isinstance(self.corpus.value, str) else "\n\n".join(self.docs)
 
     def chunk_desc(self, chunk: Chunk | None) -> str:
         if chunk is None:
             return "the whole corpus (chunk == context)"
-        return chunk.describe(len(self.chunks) or 1)
+        return chunk.describe(len(self.chunks) or 1, self.corpus.names)
 
     def provenance(self, state: AgentState) -> Provenance:
         return Provenance(

@@ -12,14 +12,10 @@ pid lock, and the usage of earlier sessions read back from the trace.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
 
 from delm_rlm.corpus import Corpus
 from delm_rlm.errors import RunStateError
@@ -32,8 +28,6 @@ STORE_FILE = "store.sqlite"
 TRACE_FILE = "trace.jsonl"
 PID_FILE = "run.pid"
 LOCK_FILE = "run.lock"
-CORPUS_FILE = "corpus.json"
-CORPUS_TABLE_FILE = "corpus.parquet"  # a table corpus's rows, beside CORPUS_FILE
 
 
 def stored_question(store_path: Path) -> str | None:
@@ -104,27 +98,12 @@ def holding_run(run_dir: Path) -> Iterator[None]:
 
 def save_corpus(run_dir: Path, corpus: Corpus) -> None:
     """Keep the context beside the store: a resumed run must see the very same corpus."""
-    if corpus.kind == "table":
-        corpus.value.to_parquet(run_dir / CORPUS_TABLE_FILE, index=False)  # type: ignore[union-attr]
-        meta = {"kind": "table", "names": corpus.names, "source": corpus.source}
-    else:
-        meta = {"kind": corpus.kind, "value": corpus.value, "names": corpus.names, "source": corpus.source}
-    tmp = run_dir / (CORPUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta), encoding="utf-8")
-    tmp.replace(run_dir / CORPUS_FILE)
+    corpus.save(run_dir)
 
 
 def load_corpus(run_dir: Path) -> Corpus:
-    """The corpus `save_corpus` kept in `run_dir`."""
-    path = run_dir / CORPUS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: this run directory cannot be resumed without its corpus")
-    meta = json.loads(path.read_text(encoding="utf-8"))
-    if meta["kind"] == "table":
-        value: Any = pd.read_parquet(run_dir / CORPUS_TABLE_FILE)
-    else:
-        value = meta["value"]
-    return Corpus(value, names=meta.get("names"), source=meta.get("source"))
+    """The corpus `save_corpus` kept in `run_dir` (run directories of earlier versions too)."""
+    return Corpus.load(run_dir)
 
 
 # -- earlier sessions ----------------------------------------------------------------------

@@ -100,7 +100,10 @@ class Team:
         (the model proposes subtasks).
     chunk_chars (20000): the split size in characters.
     chunk_tokens (None): the split size in tokens; wins when both sizes are given.
-    split_by ("auto"): "auto", "documents" or "lines" (see `delm_rlm.chunking`).
+    split_by ("auto"): "auto", "documents", "lines" or "pack" (see `delm_rlm.chunking`);
+        a table's rows are always packed into chunks up to the chunk size.
+    max_tasks (64): the most chunk tasks the initial split may give; over it, small documents
+        and rows are packed into bigger chunks (raise it for more, smaller tasks).
     max_iterations (8): REPL steps of one hybrid agent on one task.
     cell_timeout (None): seconds one REPL cell may run (None: the sandbox's own limit).
     lease_s (60.0): seconds a claimed task is held; renewed while its agent works, and

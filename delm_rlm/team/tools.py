@@ -80,10 +80,7 @@ def register_team_tools(sb: Sandbox, run: TeamRun, state: AgentState) -> None:
                            gist_id=None, reason=f"bad proposal: {reason}", failure_gist_id=None)
             return {"status": "rejected", "reason": f"bad proposal: {reason}"}
         chunk = state.chunk
-        check_vars = (
-            {"chunk_doc": chunk.doc, "chunk_start": chunk.start, "chunk_end": chunk.end}
-            if chunk is not None else {}
-        )
+        check_vars = chunk.repl_variables() if chunk is not None else {}
         verdict = await run.verifier.verify(
             gist, source=run.chunk_text(chunk) if chunk is not None else None,
             check_vars=check_vars, reject_empty=state.first_attempt,
@@ -193,6 +190,13 @@ def evidence_pointers(docs: list[str], chunk: Chunk | None, evidence: Any) -> li
     return out
 
 
+def chunk_spans(docs: list[str], chunk: Chunk) -> list[tuple[int, int, int]]:
+    """The chunk as (doc, start, end) spans, one per document it covers (a packed chunk
+    covers several): offsets are always within one document."""
+    return [(d, chunk.start if d == chunk.doc else 0, chunk.end if d == chunk.last_doc else len(docs[d]))
+            for d in chunk.documents]
+
+
 def locate_quote(docs: list[str], chunk: Chunk | None, quote: str, doc: Any = None) -> dict[str, Any]:
     """A quote pointer for `quote`: searched in the chunk first, then in the named doc, then
     in every doc. A quote not found word for word but close to a span of the chunk (or of
@@ -200,29 +204,30 @@ def locate_quote(docs: list[str], chunk: Chunk | None, quote: str, doc: Any = No
     (`verify.fuzzy`, similarity >= FUZZY_QUOTE_THRESHOLD). Not found: the chunk's span (the
     verifier then rejects it, showing the closest text)."""
     needle = quote.strip()
-    if chunk is not None and doc in (None, chunk.doc):
-        at = docs[chunk.doc].find(needle, chunk.start, chunk.end)
+    in_chunk = [sp for sp in chunk_spans(docs, chunk) if doc in (None, sp[0])] if chunk is not None else []
+    for d, lo, hi in in_chunk:
+        at = docs[d].find(needle, lo, hi)
         if at >= 0:
-            return {"type": "quote", "doc": chunk.doc, "start": at, "end": at + len(needle), "quote": quote}
+            return {"type": "quote", "doc": d, "start": at, "end": at + len(needle), "quote": quote}
     candidates = [int(doc)] if isinstance(doc, int) and 0 <= doc < len(docs) else range(len(docs))
     for d in candidates:
         at = docs[d].find(needle)
         if at >= 0:
             return {"type": "quote", "doc": d, "start": at, "end": at + len(needle), "quote": quote}
     # A near copy: the span it paraphrases, in the chunk (or the named doc) only.
-    if chunk is not None and doc in (None, chunk.doc):
-        where: tuple[int, int, int] | None = (chunk.doc, chunk.start, chunk.end)
+    if in_chunk:
+        where = in_chunk
     elif isinstance(doc, int) and 0 <= doc < len(docs):
-        where = (doc, 0, len(docs[doc]))
+        where = [(doc, 0, len(docs[doc]))]
     else:
-        where = None
-    if where is not None and needle:
-        d, lo, hi = where
+        where = []
+    for d, lo, hi in where if needle else []:
         match = map_quote(docs[d], needle, lo, hi)
         if match is not None:
             return {"type": "quote", "doc": d, "start": match.start, "end": match.end,
                     "quote": docs[d][match.start:match.end]}
     if chunk is not None:
-        return {"type": "quote", "doc": chunk.doc, "start": chunk.start, "end": chunk.end, "quote": quote}
+        d, lo, hi = (in_chunk or chunk_spans(docs, chunk))[0]
+        return {"type": "quote", "doc": d, "start": lo, "end": hi, "quote": quote}
     d = int(doc) if isinstance(doc, int) and 0 <= doc < len(docs) else 0
     return {"type": "quote", "doc": d, "start": 0, "end": len(docs[d]) if docs else 0, "quote": quote}

@@ -191,11 +191,20 @@ def namespace(request, counterfactual):
     if counterfactual:
         context, docs = "", []
         df = empty_frame(df) if df is not None else None
-        for name in ("chunk_doc", "chunk_start", "chunk_end"):
+        for name in ("chunk_doc", "chunk_start", "chunk_end", "chunk_doc_end"):
             if name in variables:
                 variables[name] = 0
         MAIN.update(context=context, docs=docs, df=df)
         chunk = ""
+    elif "chunk_doc" in variables and request.get("chunk_setup"):
+        # The task's slice as the agent's REPL built it (chunking.CHUNK_SETUP_CODE): a packed
+        # chunk spans documents, a table chunk rows with every column (chunk_df).
+        built = {"context": context, "docs": docs, "df": df, "chunk_doc_end": variables["chunk_doc"],
+                 "chunk_rows": False, **variables}
+        exec(request["chunk_setup"], built)
+        chunk = built["chunk"]
+        variables.setdefault("chunk_df", built.get("chunk_df"))
+        variables.setdefault("chunk_docs", built.get("chunk_docs"))
     elif "chunk_doc" in variables:
         chunk = docs[variables["chunk_doc"]][variables["chunk_start"]:variables["chunk_end"]]
     else:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from delm_rlm import prompts
+from delm_rlm.chunking import CHUNK_SETUP_CODE
 from delm_rlm.errors import ConfigError, SandboxError
 from delm_rlm.gists import CodeEvidence, Gist
 from delm_rlm.values import (
@@ -207,6 +208,7 @@ class CheckRunner:
         request = json.dumps({
             "parts": check_parts(code), "vars": dict(check_vars), "tools": sorted(self.replay_tools),
             "timeout": self.timeout, "cap": MAX_CHECK_OUTPUT, "counterfactual": counterfactual,
+            "chunk_setup": CHUNK_SETUP_CODE,
         })
         cell = f"__import__('_delm_checks').run({request!r})"
         async with self._lock:

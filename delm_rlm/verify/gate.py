@@ -199,7 +199,7 @@ class Verifier:
         support: Callable[[Gist], str | None] | None = None,
     ) -> Verdict:
         """Decide one proposal. `source`: text the claim is about (the task's chunk), shown
-        to the judge; `check_vars`: the task's slice (chunk_doc, chunk_start, chunk_end)
+        to the judge; `check_vars`: the task's slice (`Chunk.repl_variables()`)
         exposed to the check; `require_check`: a claimed value must come with a check
         (default: the verifier's setting); `reject_empty`: a PARTIAL whose value is empty
         ({}, [], "") about a `source` with text is rejected as counting nothing (the team

@@ -79,7 +79,7 @@ class ChunkTarget:
     chunk: Chunk
 
     def check_vars(self) -> dict[str, Any]:
-        return {"chunk_doc": self.chunk.doc, "chunk_start": self.chunk.start, "chunk_end": self.chunk.end}
+        return self.chunk.repl_variables()
 
 
 def value_shape(value: Any) -> str:
