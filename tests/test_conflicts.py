@@ -162,10 +162,12 @@ async def test_without_a_majority_the_earlier_claim_stands_and_without_a_model_n
     assert four.admitted_id == three.id and four.superseded_by == three.id
     assert four.for_agent()["status"] == "superseded"
 
+    # With no model and the judge off, neither claim is admitted at all (a value with no check
+    # and no judge cannot be verified: issue 13), so there is no conflict to leave undecided.
     verifier, (three, four) = await run(None, tmp_path / "no-model")
-    (outcome,) = four.conflicts
-    assert outcome.method == "unresolved" and outcome.winner is None and outcome.failure_gist_id is None
-    assert [g.status for g in verifier.context.store.list_gists(kinds="fact")] == [GistStatus.ADMITTED] * 2
+    assert three.status == four.status == "rejected" and not four.conflicts
+    assert "no check" in three.reason and "no judge" in three.reason
+    assert [g.status for g in verifier.context.store.list_gists(kinds="fact")] == [GistStatus.REJECTED] * 2
 
 
 def test_what_counts_as_the_same_thing() -> None:

@@ -86,7 +86,9 @@ MAX_OUTPUT_KEPT = 2000  # characters of a check's output stored as evidence
 MAX_FAILURE_TEXT = 300  # a FAILURE gist's text: one prompt-view line
 MAX_FAILURE_CLAIM = 110  # of which the rejected claim, quoted
 # Kinds whose text must say what their quotes say (stage 4).
-SUBSTANCE_KINDS = CLAIM_KINDS | {GistKind.EVIDENCE}
+# A CONSTRAINT says how to read items (a labelling rule), not what they state: its words need
+# not be the quoted item's, so the substance rule leaves it to the judge.
+SUBSTANCE_KINDS = (CLAIM_KINDS | {GistKind.EVIDENCE}) - {GistKind.CONSTRAINT}
 
 
 class Verifier:

@@ -92,7 +92,8 @@ class ReplayWatcher:
         def classify(items: Any, labels: Any, instruction: str = "") -> Any:
             result = replay(items, labels, instruction)
             item_list, label_list, text = check_arguments(items, labels, instruction)
-            if isinstance(result, list) and len(result) == len(item_list):
+            # No items: the check's counterfactual run on an emptied corpus, nothing to sample.
+            if item_list and isinstance(result, list) and len(result) == len(item_list):
                 with self._lock:
                     self._seq += 1
                     self._seen.append(ReplayedLabels(
