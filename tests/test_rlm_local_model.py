@@ -6,6 +6,7 @@ answer; whether the answer is right belongs in the benchmark (evals/), not here.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections import Counter
@@ -18,7 +19,8 @@ from tasks.pool import TREC_LABELS
 
 pytestmark = pytest.mark.local_model
 
-TREC = Path(__file__).resolve().parents[2] / "shared" / "data" / "trec" / "train_5500.label"
+# The same place conftest.py reads real data from (DELM_RLM_SHARED_DATA, else ../shared/data).
+TREC = Path(os.environ.get("DELM_RLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "trec" / "train_5500.label"
 # OOLONG's names for the TREC coarse labels, in the pool's code order.
 LABELS = TREC_LABELS
 
