@@ -31,7 +31,7 @@ from delm_rlm.gists import Gist, GistStatus, dedupe_key, parse_kind
 from delm_rlm.state.postgres_conn import translate_error
 from delm_rlm.state.postgres_schema import LOCK_SPACE
 from delm_rlm.state.protocol import (
-    TASK_UPDATABLE_FIELDS,
+    check_task_changes,
     BlobInfo,
     ClassificationRecord,
     KindFilter,
@@ -307,12 +307,7 @@ class PostgresTx:
         if_holder: str | None = None,
         **changes: Any,
     ) -> Task | None:
-        unknown = sorted(set(changes) - TASK_UPDATABLE_FIELDS)
-        if unknown or not changes:
-            raise ConfigError(
-                f"update_task changes {', '.join(sorted(TASK_UPDATABLE_FIELDS))}; "
-                f"got {', '.join(unknown) or 'nothing'}"
-            )
+        check_task_changes(changes)
         sets: list[str] = []
         args: list[Any] = []
         for name, value in changes.items():

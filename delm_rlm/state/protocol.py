@@ -93,6 +93,16 @@ TASK_UPDATABLE_FIELDS = frozenset(
 )
 
 
+def check_task_changes(changes: dict[str, object]) -> None:
+    """The rule every backend's `update_task` applies first: some changes, all updatable."""
+    unknown = sorted(set(changes) - TASK_UPDATABLE_FIELDS)
+    if unknown or not changes:
+        raise ConfigError(
+            f"update_task changes {', '.join(sorted(TASK_UPDATABLE_FIELDS))}; "
+            f"got {', '.join(unknown) or 'nothing'}"
+        )
+
+
 class ClassificationRecord(BaseModel):
     """One `classify` call an agent made: what the verifier's replay answers from.
 
