@@ -336,7 +336,7 @@ def _claim_all(path: str, agent: str, start: mp.Barrier, out: mp.Queue) -> None:
 def test_processes_racing_claim_each_task_exactly_once(tmp_path: Path) -> None:
     path = str(tmp_path / "race.sqlite")
     queue = TaskQueue(RunStore(path))
-    n_tasks, n_procs = 300, 4
+    n_tasks, n_procs = 1500, 4  # enough work that a fast claimer cannot drain it before the others wake
     for i in range(n_tasks):
         queue.add(f"task {i}")
     ctx = mp.get_context("spawn")
