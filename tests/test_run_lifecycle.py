@@ -83,3 +83,6 @@ async def test_a_run_leaves_no_sandbox_folders_behind(tmp_path: Path, monkeypatc
     )
     assert result.answer == "3"
     assert sandbox_folders(private_tmp) == set()
+    # The trace (and so the run report) says which isolation really ran, not only "auto".
+    ran = {e.data.get("isolation") for e in result.trace if e.kind == "agent_step" and e.data.get("isolation")}
+    assert ran and ran <= {"bubblewrap", "unshare", "none"}

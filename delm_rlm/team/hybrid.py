@@ -65,6 +65,10 @@ class HybridRole(Role):
         self.sandbox = self.run.sandbox_factory()
         await self.sandbox.start()
         await self.sandbox.load_context(self.run.corpus.value)
+        # Which isolation really ran (the report shows it; "auto" is only what was asked).
+        isolation = getattr(self.sandbox, "isolation", None) or type(self.sandbox).__name__
+        self.run.trace.emit("agent_step", agent=self.state.agent_id,
+                            action=f"sandbox started (isolation: {isolation})", isolation=isolation)
         register_team_tools(self.sandbox, self.run, self.state)
 
     async def close(self) -> None:
