@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from pathlib import Path
 
 import pytest
@@ -330,6 +331,7 @@ def _claim_all(path: str, agent: str, start: mp.Barrier, out: mp.Queue) -> None:
     while (task := queue.claim(agent)) is not None:
         got.append(task.id)
         queue.complete(task.id, agent, [])
+        time.sleep(0.0005)  # an agent works between claims: the others' busy waits get the lock
     out.put((agent, got))
 
 
