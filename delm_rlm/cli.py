@@ -67,6 +67,7 @@ SCRIPTED_PREFIX = "scripted:"  # a model name "scripted:module:attribute" is a S
 DIRECT_ANSWER_TOKENS = 1024  # `ask --method direct`: room for a free-form answer
 TRACE_FILE = "trace.jsonl"  # the same names the team uses for its run directory
 STORE_FILE = "store.sqlite"
+STORE_URL_FILE = "store.url"  # a team run whose state is in PostgreSQL (--store)
 COMMAND_FILE = "command.json"  # what `ask` was asked (model, method, price), for `resume`
 PRICE_ENV = "DELM_RLM_PRICE"  # "IN,OUT": USD per million input / output tokens, like --price
 PRICE_HINT = "pass --price IN,OUT (USD per million input and output tokens) or set DELM_RLM_PRICE"
@@ -174,7 +175,7 @@ def new_run_dir(out: str | None) -> Path:
 
 def resume_hint(run_dir: Path) -> str | None:
     """How to go on with a stopped run, when it can be resumed (a team run with a store)."""
-    if (run_dir / STORE_FILE).is_file():
+    if (run_dir / STORE_FILE).is_file() or (run_dir / STORE_URL_FILE).is_file():
         return f"the run is kept: finish it with `delm-rlm resume {run_dir}` (raise the budget with --budget-...)"
     return None
 
@@ -191,6 +192,8 @@ def method_options(args: argparse.Namespace) -> Any:
         team["plan"] = args.plan
     if args.max_tasks is not None:
         team["max_tasks"] = args.max_tasks
+    if getattr(args, "store", None):
+        team["store"] = args.store
     # max_iterations=None: each method's library default (an RLM agent's, a team's).
     return MethodOptions(agents=args.agents, max_iterations=None, answer_tokens=DIRECT_ANSWER_TOKENS,
                          sandbox=args.sandbox, team=team, rlm={"isolation": args.isolation})
@@ -274,6 +277,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     question = (args.question or "").strip()
     if not question:
         raise CLIError("the question is empty: delm-rlm ask \"QUESTION\" --context PATH", code=2)
+    if args.store and args.method not in TEAM_METHODS:
+        raise CLIError(f"--store keeps a team's state; {args.method} keeps none: use --method hybrid", code=2)
     corpus = Corpus.from_paths(args.context)
     budget = make_budget(args)
     price = parse_price(args.price if args.price is not None else os.environ.get(PRICE_ENV))
@@ -325,7 +330,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if run_dir.is_file():
         run_dir = run_dir.parent
-    if not (run_dir / STORE_FILE).is_file():
+    if not (run_dir / STORE_FILE).is_file() and not (run_dir / STORE_URL_FILE).is_file():
         raise CLIError(f"{run_dir}: no {STORE_FILE} here; only team runs (--method hybrid) can be resumed, "
                        "and a run directory holds one (see `delm-rlm ask --out`)", code=2)
     asked: dict[str, Any] = {}
@@ -540,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="local kernels' isolation: auto (bubblewrap, else refuse), bubblewrap, unshare, none (no isolation)")
     ask.add_argument("--plan", choices=("auto", "whole", "split"), default="auto",
                      help="team plan: auto (the scout decides), whole (one verified program), split (one task per chunk)")
+    ask.add_argument("--store", default=None, metavar="URL", help="keep the team's state (gists, tasks) in "
+                     "PostgreSQL: postgresql://user@host/dbname (default: store.sqlite in the run directory)")
     ask.add_argument("--max-tasks", type=_positive_int, default=None,
                      help="the most tasks the team's split may give (default 64; more small chunks are packed)")
     ask.add_argument("--json", action="store_true", help="print the result as JSON on stdout (no live view)")

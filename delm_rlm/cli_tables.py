@@ -13,6 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from delm_rlm.result import format_cost
+from delm_rlm.state.opener import open_state
+from delm_rlm.state.postgres_conn import is_postgres_url
 
 if TYPE_CHECKING:
     from delm_rlm.llm import Usage
@@ -44,7 +46,13 @@ def print_gists(result: Result, run_dir: Path, console: Console) -> None:
         return
     store_path = Path(result.store_path) if result.store_path else run_dir / STORE_FILE
     gists: dict[str, Any] = {}
-    if store_path.is_file():
+    if result.store_path and is_postgres_url(result.store_path):  # `ask --store`: the run is in PostgreSQL
+        store = open_state(result.store_path)
+        try:
+            gists = {g.get("id"): g for g in store.snapshot().gists}
+        finally:
+            store.close()
+    elif store_path.is_file():
         from delm_rlm.state.sqlite import read_snapshot
 
         gists = {g.get("id"): g for g in read_snapshot(store_path).gists}

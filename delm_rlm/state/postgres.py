@@ -303,6 +303,9 @@ class PostgresRunStore:
             finally:
                 self._tx, self._owner_task = None, None
 
+    def location(self) -> str:
+        return self.url
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():

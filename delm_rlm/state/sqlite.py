@@ -471,6 +471,9 @@ class RunStore:
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 _write_meta(conn, {"schema_version": SCHEMA_VERSION})
 
+    def location(self) -> str:
+        return str(self.path)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():

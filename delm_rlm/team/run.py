@@ -18,7 +18,7 @@ from delm_rlm.llm import LM, Usage
 from delm_rlm.rlm import Cell
 from delm_rlm.state.context import SharedContext
 from delm_rlm.state.queue import Task, TaskQueue
-from delm_rlm.state.sqlite import RunStore
+from delm_rlm.state.protocol import RunState
 from delm_rlm.team.config import SandboxFactory, TeamConfig
 from delm_rlm.trace import Trace
 from delm_rlm.verify import MethodGate, Verdict, Verifier
@@ -74,7 +74,7 @@ class TeamRun:
 
     config: TeamConfig
     run_dir: Path
-    store: RunStore
+    store: RunState
     corpus: Corpus
     docs: list[str]
     question: str

@@ -3,6 +3,7 @@ pid lock, and the usage of earlier sessions read back from the trace.
 
     <runs dir>/<run id>/
         store.sqlite                 gists, tasks, meta (`RunStore`)
+        store.url                    instead, when they live in PostgreSQL: its URL, no password
         trace.jsonl                  the event stream (`Trace`)
         corpus.json [corpus.parquet] the context, so the run can be resumed
         run.pid                      which process is working on it
@@ -25,6 +26,7 @@ from delm_rlm.state.sqlite import RunStore
 from delm_rlm.trace import TraceEvent
 
 STORE_FILE = "store.sqlite"
+STORE_URL_FILE = "store.url"
 TRACE_FILE = "trace.jsonl"
 PID_FILE = "run.pid"
 LOCK_FILE = "run.lock"

@@ -44,6 +44,9 @@ from delm_rlm.llm import LM, Budget, Usage
 from delm_rlm.result import Result
 from delm_rlm.state.context import SharedContext
 from delm_rlm.state.queue import LeaseLost, Task, TaskQueue
+from delm_rlm.state.opener import open_state
+from delm_rlm.state.postgres_conn import is_postgres_url, parse_postgres_url
+from delm_rlm.state.protocol import RunState
 from delm_rlm.state.sqlite import RunStore, utc_now_iso
 from delm_rlm.team.config import CUSTOM_SANDBOX, TeamConfig
 from delm_rlm.team.delm import DelmRole
@@ -57,6 +60,7 @@ from delm_rlm.team.run import AgentState, TeamRun
 from delm_rlm.team.scout import NeedsReading
 from delm_rlm.team.rundir import (
     STORE_FILE,
+    STORE_URL_FILE,
     TRACE_FILE,
     default_runs_dir,
     holding_run,
@@ -77,10 +81,13 @@ ROLES: dict[str, type[Role]] = {"hybrid": HybridRole, "delm": DelmRole}
 class Team:
     """A team of agents answering one question over a corpus (see the module docstring).
 
-    Team(lm, *, sandbox=None, run_dir=None, trace_subscribers=None, needs_reading=None, **settings)
+    Team(lm, *, sandbox=None, run_dir=None, store=None, trace_subscribers=None, needs_reading=None, **settings)
 
     lm: the gateway every model call goes through (an `LM`, or a `ScriptedLM`).
     run_dir: the run's directory (team/rundir.py); None: a new one under `default_runs_dir()`.
+    store: a PostgreSQL URL (postgresql://user@host/dbname[?run=ID]) holding the run's state
+        (gists, tasks, meta) instead of the run directory's SQLite file; the directory keeps
+        the trace and the corpus and records the URL (no password) in `store.url`.
     trace_subscribers: callables given every trace event as it is emitted (a live view).
     needs_reading: `(question, corpus) -> bool`, True when the corpus must be read
         (documents, not records): the scout then splits it (None: records).
@@ -141,6 +148,7 @@ class Team:
         *,
         sandbox: SandboxSpec | None = None,
         run_dir: str | Path | None = None,
+        store: str | None = None,
         trace_subscribers: list[TraceSubscriber] | None = None,
         needs_reading: NeedsReading | None = None,
         **settings: Any,
@@ -163,6 +171,12 @@ class Team:
         self.lm = lm
         self.sandbox = spec
         self.run_dir = Path(run_dir).expanduser() if run_dir is not None else None
+        if store is not None and not is_postgres_url(store):
+            raise ConfigError(
+                f"store= takes a PostgreSQL URL (postgresql://user@host/dbname), got {store!r}; "
+                "an SQLite run lives in its run_dir (leave store unset)"
+            )
+        self.store_url = store
         self.trace_subscribers = list(trace_subscribers or [])
         self.needs_reading = needs_reading
         self.verifier: Verifier | None = None
@@ -177,13 +191,13 @@ class Team:
         run_dir = self.run_dir or default_runs_dir() / new_run_id()
         with holding_run(run_dir):  # before anything is written: one of two starts refuses
             store_path = run_dir / STORE_FILE
-            if store_path.exists() and stored_question(store_path) is not None:
+            if (store_path.exists() and stored_question(store_path) is not None) or (run_dir / STORE_URL_FILE).exists():
                 raise ConfigError(
                     f"{run_dir} already holds a run; continue it with Team.resume({str(run_dir)!r}, lm=...) "
                     "or give a new run_dir"
                 )
+            store = self._new_store(run_dir)
             save_corpus(run_dir, corpus)
-            store = RunStore(store_path)
             store.set_meta(
                 question=question.strip(),
                 method=self.config.mode,
@@ -191,6 +205,21 @@ class Team:
                 status="running",
             )
             return await self._execute(run_dir, store, corpus, question.strip(), fresh=True)
+
+    def _new_store(self, run_dir: Path) -> RunState:
+        """The store of a new run: the run directory's SQLite file, or a run in the PostgreSQL
+        database of `store=` (its URL, without the password, recorded in the directory)."""
+        if self.store_url is None:
+            return RunStore(run_dir / STORE_FILE)
+        store = open_state(self.store_url)
+        if store.meta().question is not None:
+            store.close()
+            raise ConfigError(
+                f"{store.location()} already holds a started run; resume it with "
+                "Team.resume(run_dir, lm=..., store=URL) or drop ?run= from the URL for a new run"
+            )
+        (run_dir / STORE_URL_FILE).write_text(store.location() + "\n")
+        return store
 
     def run_sync(self, question: str, context: Any) -> Result:
         """`run` for code without an event loop."""
@@ -202,35 +231,54 @@ class Team:
 
     @classmethod
     async def resume(
-        cls, run: str | Path, *, lm: LM, sandbox: SandboxSpec | None = None, **overrides: Any
+        cls, run: str | Path, *, lm: LM, sandbox: SandboxSpec | None = None, store: str | None = None,
+        **overrides: Any
     ) -> Result:
         """Continue a stopped run from its directory (or its store file). Settings come from
         the run's meta; `overrides` (e.g. agents=2, budget=...) replace some of them. A run
-        that already answered returns its stored answer without running anything."""
-        path = Path(run).expanduser()
-        store_path = path / STORE_FILE if path.is_dir() else path
-        if not store_path.exists():
-            raise FileNotFoundError(
-                f"no run store at {store_path}: give the run directory (holding {STORE_FILE}) "
-                "or the store file itself"
-            )
-        run_dir = store_path.parent
-        store = RunStore(store_path)
+        that already answered returns its stored answer without running anything. A run whose
+        state is in PostgreSQL reopens the URL its directory records; give `store=` (the URL
+        with its password; the run id is taken from the directory when the URL has none)
+        when the recorded one cannot log in."""
+        run_dir, store = cls._stored_run(Path(run).expanduser(), store)
         meta = store.meta()
         if meta.question is None:
-            raise ConfigError(f"{store_path} holds no started run (no question in its meta)")
+            raise ConfigError(f"{store.location()} holds no started run (no question in its meta)")
         if meta.status == "answered":
             return Result(
-                answer=meta.answer, status="answered", store_path=str(store_path),
+                answer=meta.answer, status="answered", store_path=store.location(),
                 trace_path=str(run_dir / TRACE_FILE), method=meta.method or "hybrid",
                 gist_ids=list(getattr(meta, "gist_ids", None) or []), finished_by="state",
             )
         with holding_run(run_dir):
             return await cls._resume_held(run_dir, store, meta, lm=lm, sandbox=sandbox, **overrides)
 
+    @staticmethod
+    def _stored_run(path: Path, store_url: str | None) -> tuple[Path, RunState]:
+        """The run directory and the store of the run at `path` (a directory or its store file)."""
+        url_file = path / STORE_URL_FILE
+        if path.is_dir() and (url_file.exists() or store_url is not None):
+            recorded = url_file.read_text().strip() if url_file.exists() else None
+            target = store_url or str(recorded)
+            if not is_postgres_url(target):
+                raise ConfigError(f"store= takes a PostgreSQL URL (postgresql://user@host/dbname), got {target!r}")
+            run_id = parse_postgres_url(target).run_id
+            if run_id is None and recorded is not None:
+                run_id = parse_postgres_url(recorded).run_id
+            if run_id is None:
+                raise ConfigError(f"{target} names no run: add ?run=RUN_ID (the id is in {url_file})")
+            return path, open_state(target, run_id=run_id)
+        store_path = path / STORE_FILE if path.is_dir() else path
+        if not store_path.exists():
+            raise FileNotFoundError(
+                f"no run store at {store_path}: give the run directory (holding {STORE_FILE}) "
+                "or the store file itself"
+            )
+        return store_path.parent, RunStore(store_path)
+
     @classmethod
     async def _resume_held(
-        cls, run_dir: Path, store: RunStore, meta: Any, *, lm: LM, sandbox: SandboxSpec | None, **overrides: Any
+        cls, run_dir: Path, store: RunState, meta: Any, *, lm: LM, sandbox: SandboxSpec | None, **overrides: Any
     ) -> Result:
         settings = dict(meta.config)
         settings.update(overrides)
@@ -258,7 +306,7 @@ class Team:
             return self.needs_reading(question, corpus)
         return route_question(question, corpus.docs).reading
 
-    async def _execute(self, run_dir: Path, store: RunStore, corpus: Corpus, question: str, *, fresh: bool) -> Result:
+    async def _execute(self, run_dir: Path, store: RunState, corpus: Corpus, question: str, *, fresh: bool) -> Result:
         """One session of a run; the caller holds the run directory (`holding_run`)."""
         cfg = self.config
         role_class = ROLES[cfg.mode]
@@ -312,7 +360,7 @@ class Team:
         finally:
             trace.close()
 
-    def _new_run(self, run_dir: Path, store: RunStore, corpus: Corpus, question: str,
+    def _new_run(self, run_dir: Path, store: RunState, corpus: Corpus, question: str,
                  trace: Trace, role_class: type[Role]) -> TeamRun:
         """The run context: the team's gateway session, queue, shared context and verifier."""
         cfg = self.config
@@ -382,7 +430,7 @@ class Team:
             usage=usage,
             usage_by_role=by_role,
             gist_ids=run.answer_gist_ids,
-            store_path=str(run.store.path),
+            store_path=run.store.location(),
             trace_path=str(run.trace.path),
             trace=list(run.trace.events),
             seconds=round(time.monotonic() - started, 3),
