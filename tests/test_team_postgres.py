@@ -4,6 +4,7 @@ database, and the run directory keeps only the trace, the corpus and the store's
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,27 @@ DOCS = ["apple pie\nbanana bread\napple tart\n", "cherry jam\nApple juice\nplum\
 QUESTION = "How many lines mention 'apple'?"
 
 
+def server_connections(url: str) -> int:
+    """Client connections to the test database, not counting the one asking."""
+    import psycopg
+
+    with psycopg.connect(parse_postgres_url(url).conninfo) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 async def test_a_team_keeps_its_state_in_postgres_and_resumes_from_the_recorded_url(
     tmp_path: Path, postgres_url: str
 ) -> None:
     run_dir = tmp_path / "run"
+    gc.collect()  # stores other tests dropped close their connections now, not mid-measure
+    before = server_connections(postgres_url)
     result = await Team(ScriptedLM(team_counter), agents=2, plan="split", run_dir=run_dir,
                         store=postgres_url).run(QUESTION, DOCS)
     assert result.status == "answered", result.error
+    assert server_connections(postgres_url) == before  # the finished run let its connection go
     assert result.answer == "Answer: 3"
 
     recorded = (run_dir / "store.url").read_text().strip()

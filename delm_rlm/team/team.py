@@ -359,6 +359,7 @@ class Team:
             return self._finish(run, started)
         finally:
             trace.close()
+            store.close()  # a PostgreSQL run must not hold a server connection per finished run
 
     def _new_run(self, run_dir: Path, store: RunState, corpus: Corpus, question: str,
                  trace: Trace, role_class: type[Role]) -> TeamRun:
