@@ -15,6 +15,7 @@ from delm_rlm.state.opener import open_state
 from delm_rlm.state.postgres import delete_run
 from delm_rlm.state.postgres_conn import parse_postgres_url
 from delm_rlm.state.queue import TaskQueue, TaskState
+from delm_rlm.team.rundir import load_corpus
 from scripted_models import team_counter
 
 DOCS = ["apple pie\nbanana bread\napple tart\n", "cherry jam\nApple juice\nplum\n"]
@@ -57,6 +58,11 @@ async def test_a_team_keeps_its_state_in_postgres_and_resumes_from_the_recorded_
         assert len(store.list_gists(status="admitted", kinds="failure")) == 1  # t2's false first claim
         assert {t.state for t in TaskQueue(store).all()} == {TaskState.DONE}
         assert store.meta().status == "answered" and store.meta().answer == "Answer: 3"
+        # The corpus is in the database too: a fresh directory elsewhere gets the same one.
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        assert load_corpus(elsewhere, store).docs == load_corpus(run_dir).docs
+        assert (elsewhere / "corpus.json").read_bytes() == (run_dir / "corpus.json").read_bytes()
         store.close()
 
         # The directory names the run: a resume finds it in the database; a new run refuses it.

@@ -18,15 +18,18 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from delm_rlm.corpus import Corpus
-from delm_rlm.errors import RunStateError
+from delm_rlm.corpus import SAVED_CORPUS_FILE, SAVED_TABLE_FILE, SAVED_TABLE_JSON_FILE, Corpus
+from delm_rlm.errors import NotFound, RunStateError
 from delm_rlm.llm import Usage
 from delm_rlm.runs import default_runs_dir, new_run_id
+from delm_rlm.state.protocol import RunState
 from delm_rlm.state.sqlite import RunStore
 from delm_rlm.trace import TraceEvent
 
 STORE_FILE = "store.sqlite"
 STORE_URL_FILE = "store.url"
+CORPUS_FILES = (SAVED_CORPUS_FILE, SAVED_TABLE_FILE, SAVED_TABLE_JSON_FILE)  # what Corpus.save writes
+CORPUS_BLOB_PREFIX = "corpus/"  # their blob names in a PostgreSQL run's store
 TRACE_FILE = "trace.jsonl"
 PID_FILE = "run.pid"
 LOCK_FILE = "run.lock"
@@ -98,13 +101,28 @@ def holding_run(run_dir: Path) -> Iterator[None]:
 # -- the corpus ----------------------------------------------------------------------------
 
 
-def save_corpus(run_dir: Path, corpus: Corpus) -> None:
-    """Keep the context beside the store: a resumed run must see the very same corpus."""
+def save_corpus(run_dir: Path, corpus: Corpus, store: RunState | None = None) -> None:
+    """Keep the context beside the store: a resumed run must see the very same corpus. With
+    `store` (a run whose state is in PostgreSQL) its files also go into the store as blobs,
+    checked by SHA-256, so a process on another machine gets it from there, not from a disk."""
     corpus.save(run_dir)
+    if store is not None:
+        for name in CORPUS_FILES:
+            if (run_dir / name).is_file():
+                store.put_blob(CORPUS_BLOB_PREFIX + name, (run_dir / name).read_bytes())
 
 
-def load_corpus(run_dir: Path) -> Corpus:
-    """The corpus `save_corpus` kept in `run_dir` (run directories of earlier versions too)."""
+def load_corpus(run_dir: Path, store: RunState | None = None) -> Corpus:
+    """The corpus `save_corpus` kept in `run_dir` (run directories of earlier versions too);
+    where the directory lacks it (a fresh directory on another machine), the files are
+    fetched from `store`'s blobs into it first."""
+    if store is not None and not (run_dir / SAVED_CORPUS_FILE).exists():
+        for name in CORPUS_FILES:
+            try:
+                data = store.get_blob(CORPUS_BLOB_PREFIX + name)
+            except NotFound:
+                continue
+            (run_dir / name).write_bytes(data)
     return Corpus.load(run_dir)
 
 

@@ -197,7 +197,7 @@ class Team:
                     "or give a new run_dir"
                 )
             store = self._new_store(run_dir)
-            save_corpus(run_dir, corpus)
+            save_corpus(run_dir, corpus, store if self.store_url is not None else None)
             store.set_meta(
                 question=question.strip(),
                 method=self.config.mode,
@@ -293,7 +293,7 @@ class Team:
             budget=Budget.model_validate(budget) if isinstance(budget, dict) else budget,
             **settings,
         )
-        corpus = load_corpus(run_dir)
+        corpus = load_corpus(run_dir, None if isinstance(store, RunStore) else store)
         store.set_meta(status="running", config=team.config.model_dump(mode="json"))
         return await team._execute(run_dir, store, corpus, meta.question, fresh=False)
 
