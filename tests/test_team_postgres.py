@@ -68,6 +68,7 @@ async def test_a_team_keeps_its_state_in_postgres_and_resumes_from_the_recorded_
         # The directory names the run: a resume finds it in the database; a new run refuses it.
         again = await Team.resume(run_dir, lm=ScriptedLM([]), store=postgres_url)
         assert again.answer == "Answer: 3" and again.gist_ids == result.gist_ids
+        assert server_connections(postgres_url) == before  # the answered resume let its connection go too
         with pytest.raises(ConfigError, match="already holds a run"):
             await Team(ScriptedLM([]), agents=1, run_dir=run_dir, store=postgres_url).run(QUESTION, DOCS)
         # A URL naming a started run is refused for a new run (it would mix two runs' gists).

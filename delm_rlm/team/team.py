@@ -197,14 +197,18 @@ class Team:
                     "or give a new run_dir"
                 )
             store = self._new_store(run_dir)
-            save_corpus(run_dir, corpus, store if self.store_url is not None else None)
-            store.set_meta(
-                question=question.strip(),
-                method=self.config.mode,
-                config=self.config.model_dump(mode="json"),
-                status="running",
-            )
-            return await self._execute(run_dir, store, corpus, question.strip(), fresh=True)
+            try:
+                # An SQLite run's corpus is beside its file; only a database run needs it as blobs.
+                save_corpus(run_dir, corpus, None if isinstance(store, RunStore) else store)
+                store.set_meta(
+                    question=question.strip(),
+                    method=self.config.mode,
+                    config=self.config.model_dump(mode="json"),
+                    status="running",
+                )
+                return await self._execute(run_dir, store, corpus, question.strip(), fresh=True)
+            finally:
+                store.close()  # a PostgreSQL run must not keep a server connection once it ends
 
     def _new_store(self, run_dir: Path) -> RunState:
         """The store of a new run: the run directory's SQLite file, or a run in the PostgreSQL
@@ -240,18 +244,21 @@ class Team:
         state is in PostgreSQL reopens the URL its directory records; give `store=` (the URL
         with its password; the run id is taken from the directory when the URL has none)
         when the recorded one cannot log in."""
-        run_dir, store = cls._stored_run(Path(run).expanduser(), store)
-        meta = store.meta()
-        if meta.question is None:
-            raise ConfigError(f"{store.location()} holds no started run (no question in its meta)")
-        if meta.status == "answered":
-            return Result(
-                answer=meta.answer, status="answered", store_path=store.location(),
-                trace_path=str(run_dir / TRACE_FILE), method=meta.method or "hybrid",
-                gist_ids=list(getattr(meta, "gist_ids", None) or []), finished_by="state",
-            )
-        with holding_run(run_dir):
-            return await cls._resume_held(run_dir, store, meta, lm=lm, sandbox=sandbox, **overrides)
+        run_dir, state = cls._stored_run(Path(run).expanduser(), store)
+        try:
+            meta = state.meta()
+            if meta.question is None:
+                raise ConfigError(f"{state.location()} holds no started run (no question in its meta)")
+            if meta.status == "answered":
+                return Result(
+                    answer=meta.answer, status="answered", store_path=state.location(),
+                    trace_path=str(run_dir / TRACE_FILE), method=meta.method or "hybrid",
+                    gist_ids=list(getattr(meta, "gist_ids", None) or []), finished_by="state",
+                )
+            with holding_run(run_dir):
+                return await cls._resume_held(run_dir, state, meta, lm=lm, sandbox=sandbox, **overrides)
+        finally:
+            state.close()  # every way out, the answered one too, lets a server connection go
 
     @staticmethod
     def _stored_run(path: Path, store_url: str | None) -> tuple[Path, RunState]:
@@ -259,7 +266,7 @@ class Team:
         url_file = path / STORE_URL_FILE
         if path.is_dir() and (url_file.exists() or store_url is not None):
             recorded = url_file.read_text().strip() if url_file.exists() else None
-            target = store_url or str(recorded)
+            target = store_url if store_url is not None else str(recorded)  # one of them is set
             if not is_postgres_url(target):
                 raise ConfigError(f"store= takes a PostgreSQL URL (postgresql://user@host/dbname), got {target!r}")
             run_id = parse_postgres_url(target).run_id
@@ -293,7 +300,7 @@ class Team:
             budget=Budget.model_validate(budget) if isinstance(budget, dict) else budget,
             **settings,
         )
-        corpus = load_corpus(run_dir, None if isinstance(store, RunStore) else store)
+        corpus = load_corpus(run_dir, store)  # from the store's blobs where the directory lacks it
         store.set_meta(status="running", config=team.config.model_dump(mode="json"))
         return await team._execute(run_dir, store, corpus, meta.question, fresh=False)
 
@@ -359,7 +366,6 @@ class Team:
             return self._finish(run, started)
         finally:
             trace.close()
-            store.close()  # a PostgreSQL run must not hold a server connection per finished run
 
     def _new_run(self, run_dir: Path, store: RunState, corpus: Corpus, question: str,
                  trace: Trace, role_class: type[Role]) -> TeamRun:
