@@ -48,6 +48,7 @@ from rich.console import Console
 from rich.table import Table
 
 from delm_rlm import __version__
+from delm_rlm.cli_worker import add_worker_parser
 from delm_rlm.console import err_console, out_console
 from delm_rlm.errors import CLIError
 
@@ -558,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--agents", type=_positive_int, default=None, help="team size (default: the run's own)")
     resume.add_argument("--json", action="store_true", help="print the result as JSON on stdout (no live view)")
     resume.set_defaults(handler=cmd_resume)
+    add_worker_parser(sub, [common, model])
 
     demo = sub.add_parser("demo", parents=[common, model, run], help="offline demo: an OOLONG-style counting question, answered and scored")
     demo.add_argument("--length", type=_positive_int, default=8000, help="window size in tokens (default 8000)")

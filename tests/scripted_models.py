@@ -8,7 +8,11 @@ what a competent model would write, and the kernel, not the script, computes eve
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import time
+from pathlib import Path
 
 from delm_rlm.errors import LMError
 
@@ -163,3 +167,24 @@ def counts_finalizer(answer_expr: str) -> str:
         'answer["ready"] = True\n'
         "```"
     )
+
+
+async def worker_counter(messages: list[dict], role: str) -> str:
+    """`team_counter` for several processes on one run (tests/test_workers.py), steered by
+    the environment: with DELM_TEST_STALL_MARK=PATH the process writes the id of its first
+    task to PATH and then hangs (blocking, so its leases are not renewed) until the test kills
+    it; with DELM_TEST_WAIT_FOR=PATH it waits (without blocking) for PATH to exist before its
+    first answer to a task, so the stalling process surely claims a task first."""
+    text = _text(messages)
+    task = re.search(r"Your task (t\d+)", text)
+    if task and role not in ("verifier", "sub"):
+        stall = os.environ.get("DELM_TEST_STALL_MARK")
+        gate = os.environ.get("DELM_TEST_WAIT_FOR")
+        if stall:
+            Path(stall).write_text(task.group(1))
+            time.sleep(600)  # the whole process hangs mid-task, as a machine that froze
+        if gate:
+            deadline = time.monotonic() + 60
+            while not Path(gate).exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+    return team_counter(messages, role)

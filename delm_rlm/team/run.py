@@ -20,6 +20,7 @@ from delm_rlm.state.context import SharedContext
 from delm_rlm.state.queue import Task, TaskQueue
 from delm_rlm.state.protocol import RunState
 from delm_rlm.team.config import SandboxFactory, TeamConfig
+from delm_rlm.team.coordination import Coordination
 from delm_rlm.trace import Trace
 from delm_rlm.verify import MethodGate, Verdict, Verifier
 
@@ -108,6 +109,14 @@ class TeamRun:
     prior_usage_by_role: dict[str, Usage] = field(default_factory=dict)
     # The agents' classify() results, replayed by the verifier when it re-runs their code.
     classifications: ClassificationLog = field(default_factory=ClassificationLog)
+    # Several processes on one run (`Team.join`): which one finalizes, this process's agent-id
+    # prefix, whether it joined a run another process started, and whether another process
+    # ended the run (its ending is then in the meta, not this process's to write).
+    coordination: Coordination | None = None
+    agent_prefix: str = ""
+    agent_ids: set[str] = field(default_factory=set)  # this process's agents
+    joined: bool = False
+    ended_elsewhere: bool = False
 
     def chunk_text(self, chunk: Chunk | None) -> str:
         """A task's slice of the corpus; the whole corpus for a task without one."""

@@ -29,6 +29,8 @@ proposals left unverified are rejected as interrupted.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ from delm_rlm.state.postgres_conn import is_postgres_url, parse_postgres_url
 from delm_rlm.state.protocol import RunState
 from delm_rlm.state.sqlite import RunStore, utc_now_iso
 from delm_rlm.team.config import CUSTOM_SANDBOX, TeamConfig
+from delm_rlm.team.coordination import Coordination
 from delm_rlm.team.delm import DelmRole
 from delm_rlm.team.finalizer import finalize_round
 from delm_rlm.team.hybrid import HybridRole
@@ -56,7 +59,7 @@ from delm_rlm.team.planner import fall_back_to_split, plan_tasks, restore_plan
 from delm_rlm.team.reading import route_question
 from delm_rlm.team.reading_roles import reading_role_for
 from delm_rlm.team.role import Role
-from delm_rlm.team.run import AgentState, TeamRun
+from delm_rlm.team.run import FINAL_TASK_ID, AgentState, TeamRun
 from delm_rlm.team.scout import NeedsReading
 from delm_rlm.team.rundir import (
     STORE_FILE,
@@ -284,25 +287,95 @@ class Team:
         return store_path.parent, RunStore(store_path)
 
     @classmethod
-    async def _resume_held(
-        cls, run_dir: Path, store: RunState, meta: Any, *, lm: LM, sandbox: SandboxSpec | None, **overrides: Any
-    ) -> Result:
+    def _from_meta(cls, meta: Any, run_dir: Path, *, lm: LM, sandbox: SandboxSpec | None,
+                   trace_subscribers: list[TraceSubscriber] | None = None, **overrides: Any) -> Team:
+        """A team with the settings a run's meta records, `overrides` replacing some."""
         settings = dict(meta.config)
         settings.update(overrides)
         # The stored kind unless a factory is given (None: the default kind).
         sandbox_spec = sandbox if sandbox is not None else settings.pop("sandbox", None)
         settings.pop("sandbox", None)
         if sandbox_spec == CUSTOM_SANDBOX:
-            raise ConfigError("this run used a custom sandbox factory: pass sandbox=<the factory> to resume")
+            raise ConfigError("this run used a custom sandbox factory: pass sandbox=<the factory> to resume or join it")
         budget = settings.pop("budget", None)
-        team = cls(
-            lm, sandbox=sandbox_spec, run_dir=run_dir,
+        return cls(
+            lm, sandbox=sandbox_spec, run_dir=run_dir, trace_subscribers=trace_subscribers,
             budget=Budget.model_validate(budget) if isinstance(budget, dict) else budget,
             **settings,
         )
+
+    @classmethod
+    async def _resume_held(
+        cls, run_dir: Path, store: RunState, meta: Any, *, lm: LM, sandbox: SandboxSpec | None, **overrides: Any
+    ) -> Result:
+        team = cls._from_meta(meta, run_dir, lm=lm, sandbox=sandbox, **overrides)
         corpus = load_corpus(run_dir, store)  # from the store's blobs where the directory lacks it
         store.set_meta(status="running", config=team.config.model_dump(mode="json"))
         return await team._execute(run_dir, store, corpus, meta.question, fresh=False)
+
+    @classmethod
+    async def join(
+        cls, store: str, *, lm: LM, run_id: str | None = None, agents: int | None = None,
+        sandbox: SandboxSpec | None = None,
+        run_dir: str | Path | None = None, wait_s: float = 60.0,
+        trace_subscribers: list[TraceSubscriber] | None = None,
+    ) -> Result:
+        """Work on a run another process started, as one more worker (`delm-rlm worker`).
+
+        store: the run's PostgreSQL URL (postgresql://user@host/db?run=RUN_ID).
+        run_id: the run's id, when the URL has none.
+        agents: this worker's agents (None: the run's own team size).
+        run_dir: this worker's directory (its trace, the corpus fetched from the store);
+            None: a new one under `default_runs_dir()`.
+        wait_s: how long to wait for the run to be planned when it is just starting.
+
+        The worker claims ready tasks under leases, works them in its own sandboxes and
+        proposes gists through the run's verifier rules; it finalizes only if the process
+        that coordinates the run stops beating its heartbeat (team/coordination.py). It
+        returns when the run has ended, with the run's answer and status; when the worker
+        stops on its own (its budget, its endpoint), the run goes on without it."""
+        if not is_postgres_url(store) or (run_id or parse_postgres_url(store).run_id) is None:
+            raise ConfigError(
+                f"a worker joins a run whose state is in PostgreSQL: give postgresql://user@host/db?run=RUN_ID "
+                f"(or the run id apart), got {parse_postgres_url(store).shown if is_postgres_url(store) else store!r} "
+                f"(the run directory's {STORE_URL_FILE} holds the URL)"
+            )
+        state = open_state(store, run_id=run_id)
+        try:
+            meta = await cls._planned_meta(state, wait_s)
+            if meta.status != "running":
+                return Result(answer=meta.answer, status=meta.status or "error", store_path=state.location(),
+                              method=meta.method or "hybrid", gist_ids=list(getattr(meta, "gist_ids", None) or []),
+                              finished_by="state" if meta.status == "answered" else None,
+                              error=None if meta.status == "answered" else f"the run had already ended ({meta.status})")
+            run_id = parse_postgres_url(state.location()).run_id
+            worker = worker_name()
+            work_dir = Path(run_dir).expanduser() if run_dir is not None else default_runs_dir() / f"{run_id}-{worker}"
+            overrides = {} if agents is None else {"agents": agents}
+            team = cls._from_meta(meta, work_dir, lm=lm, sandbox=sandbox, trace_subscribers=trace_subscribers,
+                                  **overrides)
+            with holding_run(work_dir):
+                corpus = load_corpus(work_dir, state)  # from the store's blobs, SHA-256 checked
+                return await team._execute(work_dir, state, corpus, meta.question, fresh=False, worker=worker)
+        finally:
+            state.close()
+
+    @staticmethod
+    async def _planned_meta(state: RunState, wait_s: float) -> Any:
+        """The run's meta once it has a question and a plan (or has ended), waiting up to `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            meta = state.meta()
+            started = meta.question is not None and meta.status is not None
+            if started and (meta.status != "running" or state.get_meta("plan") is not None):
+                return meta
+            if time.monotonic() >= deadline:
+                what = "no question" if meta.question is None else "no plan yet"
+                raise RunStateError(
+                    f"{state.location()} holds {what} after {wait_s:g} s: start the run first "
+                    "(delm-rlm ask --store URL) and give the worker its ?run= id"
+                )
+            await asyncio.sleep(0.2)
 
     # -- one run ------------------------------------------------------------------------
 
@@ -313,8 +386,10 @@ class Team:
             return self.needs_reading(question, corpus)
         return route_question(question, corpus.docs).reading
 
-    async def _execute(self, run_dir: Path, store: RunState, corpus: Corpus, question: str, *, fresh: bool) -> Result:
-        """One session of a run; the caller holds the run directory (`holding_run`)."""
+    async def _execute(self, run_dir: Path, store: RunState, corpus: Corpus, question: str, *, fresh: bool,
+                       worker: str | None = None) -> Result:
+        """One session of a run; the caller holds the run directory (`holding_run`).
+        `worker`: this process joins a run another process coordinates (`join`), as this name."""
         cfg = self.config
         role_class = ROLES[cfg.mode]
         # -- reading or counting (issue 15; the scout of issue 12 takes this over): documents
@@ -331,17 +406,23 @@ class Team:
                 trace.subscribe(subscriber)
             run = self._new_run(run_dir, store, corpus, question, trace, role_class)
             run.prior_usage, run.prior_usage_by_role = usage_from_trace(earlier)
+            run.joined, run.agent_prefix = worker is not None, f"{worker}." if worker else ""
+            run.coordination = Coordination(store, worker or worker_name(), stale_s=max(cfg.lease_s, 1.0))
             trace.emit(
                 "run_started", question=question, method=cfg.mode, corpus=run.description,
                 config={**cfg.model_dump(mode="json"), "resumed": not fresh, "run_dir": str(run_dir)},
             )
             trace.emit("agent_step", agent="scout", action=f"{routing.path} path: {routing.reason}"[:300],
                        route=routing.path, signals=routing.signals)
+            beater = asyncio.create_task(self._beat(run))
             try:
+                if worker is None:
+                    run.coordination.take(force=True)  # the starting (or resuming) process coordinates
                 if fresh:
                     await plan_tasks(run, runs_code=role_class.runs_code, needs_reading=self._needs_reading)
                 else:
-                    self._recover(run)
+                    if worker is None:  # a joining worker must not void the live processes' leases
+                        self._recover(run)
                     restore_plan(run)
                 run.finalize_round = store.counter("finalize_rounds")
                 run.added_tasks = store.counter("added_tasks")
@@ -357,6 +438,7 @@ class Team:
                 run.status, run.error = "error", f"{type(exc).__name__}: {exc}"
                 trace.emit("error", message=run.error)
             finally:
+                beater.cancel()
                 for closing in (run.verifier, run.methods):
                     try:
                         if closing is not None:
@@ -409,23 +491,29 @@ class Team:
             run.trace.emit("budget_exceeded", limit=exc.limit, used=exc.used, allowed=exc.allowed)
             if run.answer is None:
                 run.answer = exc.partial_answer or run.partial_answer()
-        elif run.answer is None and run.status == "answered":
+        elif run.answer is None and run.status == "answered" and not run.ended_elsewhere:
             run.status = "error"
             run.error = run.error or "; ".join(run.agent_errors[-3:]) or "the team stopped without an answer"
+        # The run's ending is written by the process that coordinates it; a worker that stops
+        # on its own (or found the run ended) only drops its own unverified proposals.
+        writes_ending = not run.ended_elsewhere and (
+            not run.joined or (run.coordination is not None and run.coordination.holds()))
         for gist in run.store.list_gists(status=GistStatus.PENDING):
-            # Proposals cut off by the end of the run (budget, an agent stopped mid-check).
-            run.context.reject(gist.id, "the run ended before this proposal was verified")
+            if writes_ending or gist.provenance.agent_id in run.agent_ids:
+                # Proposals cut off by the end of the run (budget, an agent stopped mid-check).
+                run.context.reject(gist.id, "the run ended before this proposal was verified")
         stats = run.verifier.stats
         # The whole run's usage: earlier sessions (before a resume) plus this one.
         usage = run.prior_usage + run.lm.usage.total
         by_role = dict(run.prior_usage_by_role)
         for role, used in run.lm.usage.by_role.items():
             by_role[role] = by_role.get(role, Usage()) + used
-        run.store.set_meta(
-            status=run.status, answer=run.answer, finished_at=utc_now_iso(),
-            gist_ids=run.answer_gist_ids, verification=stats.model_dump(mode="json"),
-            error=run.error,
-        )
+        if writes_ending:
+            run.store.set_meta(
+                status=run.status, answer=run.answer, finished_at=utc_now_iso(),
+                gist_ids=run.answer_gist_ids, verification=stats.model_dump(mode="json"),
+                error=run.error,
+            )
         run.trace.emit(
             "run_finished", status=run.status, answer=run.answer, usage=usage,
             verification=stats, gist_ids=run.answer_gist_ids,
@@ -460,10 +548,11 @@ class Team:
     # -- scheduling ---------------------------------------------------------------------
 
     async def _run_agents(self, run: TeamRun, role_class: type[Role], count: int) -> None:
+        names = [f"{run.agent_prefix}a{i}" for i in range(1, count + 1)]
+        run.agent_ids.update(names)
         agents = {
-            f"a{i}": asyncio.create_task(self._agent(run, role_class(run, AgentState(f"a{i}"))),
-                                         name=f"delm-agent-a{i}")
-            for i in range(1, count + 1)
+            name: asyncio.create_task(self._agent(run, role_class(run, AgentState(name))), name=f"delm-agent-{name}")
+            for name in names
         }
         done_wait = asyncio.create_task(run.done.wait())
         pending: set[asyncio.Task[Any]] = set(agents.values())
@@ -499,17 +588,61 @@ class Team:
         agent_id = role.state.agent_id
         try:
             await role.start()
-            while not run.done.is_set():
+            while not run.done.is_set() and not self._ended_elsewhere(run):
                 task = run.queue.claim(agent_id)
                 if task is None:
-                    if run.queue.drained() and not run.finalize_lock.locked():
+                    if (run.queue.drained() and not run.finalize_lock.locked()
+                            and self._may_finalize(run, agent_id)):
                         await finalize_round(run, role)
                         continue
                     await asyncio.sleep(self._idle_wait(run))
                     continue
+                if run.joined and task.id not in run.chunks:
+                    restore_plan(run)  # the coordinator may have split the corpus since this worker read the plan
                 await self._work(run, role, task)
         finally:
             await role.close()
+
+    @staticmethod
+    def _ended_elsewhere(run: TeamRun) -> bool:
+        """True (and the run done, with the stored outcome) when another process of the run
+        ended it: its meta no longer says "running"."""
+        if run.store.get_meta("status") == "running":
+            return False
+        meta = run.store.meta()
+        run.ended_elsewhere = True
+        run.status, run.answer, run.error = meta.status or "error", meta.answer, meta.error
+        run.answer_gist_ids = list(getattr(meta, "gist_ids", None) or [])
+        run.done.set()
+        return True
+
+    @staticmethod
+    def _may_finalize(run: TeamRun, agent_id: str) -> bool:
+        """True when this process coordinates the run, or just took the role over from a
+        coordinator that stopped beating its heartbeat (team/coordination.py)."""
+        coordination = run.coordination
+        if coordination is None or coordination.holds():
+            return True
+        previous = coordination.current_holder()
+        if not coordination.take():
+            return False
+        run.trace.emit("agent_step", agent=agent_id, task=FINAL_TASK_ID,
+                       action=f"the coordinator {previous or '(unknown)'} stopped beating: this process finalizes")
+        return True
+
+    async def _beat(self, run: TeamRun) -> None:
+        """The coordinator's heartbeat, while this process holds the role."""
+        coordination = run.coordination
+        if coordination is None:
+            return
+        while True:
+            await asyncio.sleep(coordination.beat_period)
+            if coordination.epoch is None:
+                continue
+            try:
+                coordination.beat()
+            except Exception as exc:  # a store that is briefly away: the next beat tries again
+                run.trace.emit("error", message=f"coordinator heartbeat failed: {type(exc).__name__}: {exc}")
 
     def _idle_wait(self, run: TeamRun) -> float:
         expiry = run.queue.next_lease_expiry()
@@ -555,3 +688,9 @@ class Team:
         finally:
             renewer.cancel()
             state.task = None
+
+
+def worker_name() -> str:
+    """This process's name among a run's processes: host and pid."""
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:24] or "host"
+    return f"{host}-{os.getpid()}"
