@@ -203,6 +203,7 @@ def model_call_observer(trace: Trace) -> Callable[[Any, dict[str, Any]], None]:
             seconds=completion.seconds,
             cached=completion.cached,
             cost_usd=completion.cost_usd,
+            call_key=(getattr(completion, "request_key", None) or "")[:16] or None,
             prompt=tags.get("prompt_tail", ""),
             response=completion.text,
         )

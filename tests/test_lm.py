@@ -382,3 +382,25 @@ def test_usage_addition_keeps_unknown_cost_unknown() -> None:
     assert (s.calls, s.cached_calls, s.input_tokens, s.output_tokens, s.total_tokens) == (3, 1, 15, 3, 18)
     assert s.seconds == pytest.approx(0.75) and s.cost_usd == pytest.approx(0.03)
     assert (a + Usage(calls=1, cost_usd=None)).cost_usd is None
+
+
+async def test_a_retried_step_has_the_same_call_key_in_the_trace(tmp_path: Path) -> None:
+    """Every model call's trace event carries the request's key (a content hash): the same
+    request made again, by a retry here or by another worker redoing a task, shows the same
+    key, also when the response cache answers it or is off; another request gets another."""
+    from delm_rlm.llm.scripted import ScriptedLM
+    from delm_rlm.trace import Trace, observe_model_calls
+
+    for cache in (False, str(tmp_path / "cache.sqlite")):
+        lm = ScriptedLM(lambda messages, role: "ok", cache=cache)
+        trace = Trace(tmp_path / f"trace-{bool(cache)}.jsonl")
+        observe_model_calls(lm, trace)
+        await lm.complete("count the lines", tags={"agent": "a1", "task": "t1"})
+        await lm.complete("count the lines", tags={"agent": "w.a1", "task": "t1"})
+        await lm.complete("count the words", tags={"agent": "a1", "task": "t1"})
+        trace.close()
+        calls = [e for e in Trace.load(trace.path) if e.kind == "model_call"]
+        keys = [e.data.get("call_key") for e in calls]
+        assert all(isinstance(k, str) and len(k) == 16 for k in keys), keys
+        assert keys[0] == keys[1] != keys[2]
+        assert [e.data.get("cached") for e in calls] == ([False] * 3 if not cache else [False, True, False])

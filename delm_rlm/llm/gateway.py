@@ -439,15 +439,14 @@ class LM:
         model, role = request.model, request.role
         transport = target._transport
         reply: ChatReply | None = None
-        key = None
+        key = ResponseCache.key(request, transport.endpoint_id)
         if target._cache is not None:
-            key = ResponseCache.key(request, transport.endpoint_id)
             reply = target._cache.get(key)
         if reply is not None:
             completion = Completion(
                 text=reply.text, model=model, role=role, input_tokens=reply.input_tokens,
                 output_tokens=reply.output_tokens, seconds=0.0, cost_usd=0.0, cached=True,
-                finish_reason=reply.finish_reason,
+                finish_reason=reply.finish_reason, request_key=key,
             )
         else:
             try:
@@ -470,13 +469,13 @@ class LM:
                 if not deadline.expired():
                     raise
                 raise self._seconds_exceeded() from None
-            if key is not None and target._cache is not None:
+            if target._cache is not None:
                 target._cache.put(key, model, reply)
             completion = Completion(
                 text=reply.text, model=model, role=role, input_tokens=reply.input_tokens,
                 output_tokens=reply.output_tokens, seconds=seconds,
                 cost_usd=None if price is None else price.cost(reply.input_tokens, reply.output_tokens),
-                cached=False, finish_reason=reply.finish_reason,
+                cached=False, finish_reason=reply.finish_reason, request_key=key,
             )
         return completion
 

@@ -62,6 +62,9 @@ class Completion(BaseModel):
     cost_usd: float | None
     cached: bool
     finish_reason: str | None = None  # "stop", "length" (hit max_tokens), ...
+    # The request's content hash (model, messages, sampling): the same step retried, in this
+    # process or on another machine, has the same key, so the trace shows the retry.
+    request_key: str | None = None
 
     def usage(self) -> Usage:
         return Usage(
