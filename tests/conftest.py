@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,20 @@ def postgres_url() -> str:
     from state_backends import postgres_test_url
 
     return postgres_test_url()
+
+
+@pytest.fixture
+def restart_server(postgres_url: str) -> Any:
+    """Restart the test server in place (same port and data), as an operator would."""
+    data_dir = os.environ.get("DELM_RLM_TEST_POSTGRES_DIR")
+    if not data_dir:
+        reason = "DELM_RLM_TEST_POSTGRES_DIR is not set (scripts/pg-test-server start sets it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"restart tests cannot be skipped in CI: {reason}")
+        pytest.skip(reason)
+
+    def restart() -> None:
+        subprocess.run(["bash", str(Path(__file__).resolve().parent.parent / "scripts" / "pg-test-server"), "restart", data_dir],
+                       check=True, timeout=120)
+
+    return restart

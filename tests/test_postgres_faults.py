@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -26,26 +25,6 @@ from delm_rlm.state.protocol import TaskState
 from delm_rlm.state.queue import TaskQueue
 from delm_rlm.state.sqlite import SCHEMA_VERSION as SQLITE_SCHEMA_VERSION
 from delm_rlm.state.sqlite import RunStore
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def restart_server(postgres_url: str) -> Any:
-    """Restart the test server in place (same port and data), as an operator would."""
-    data_dir = os.environ.get("DELM_RLM_TEST_POSTGRES_DIR")
-    if not data_dir:
-        reason = "DELM_RLM_TEST_POSTGRES_DIR is not set (scripts/pg-test-server start sets it)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"restart tests cannot be skipped in CI: {reason}")
-        pytest.skip(reason)
-
-    def restart() -> None:
-        subprocess.run(["bash", str(REPO / "scripts" / "pg-test-server"), "restart", data_dir],
-                       check=True, timeout=120)
-
-    return restart
-
 
 @pytest.fixture
 def store(postgres_url: str) -> Iterator[PostgresRunStore]:

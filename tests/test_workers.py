@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,8 +149,8 @@ def test_a_worker_killed_mid_task_loses_its_lease_and_another_process_finishes_i
             store.close()
     finally:
         kill_all(procs)
-        if (run_dir / "store.url").exists():
-            delete_run(postgres_url, parse_postgres_url((run_dir / "store.url").read_text().strip()).run_id)
+        if "run_id" in locals():
+            delete_run(postgres_url, run_id)
 
 
 def test_when_the_coordinator_is_killed_a_worker_takes_its_role_and_finalizes(
@@ -183,7 +184,44 @@ def test_when_the_coordinator_is_killed_a_worker_takes_its_role_and_finalizes(
         assert len(takeovers) == 1
     finally:
         kill_all(procs)
-        delete_run(postgres_url, run_id) if "run_id" in locals() else None
+        if "run_id" in locals():
+            delete_run(postgres_url, run_id)
+
+
+def test_a_server_restarted_mid_run_is_reconnected_to_and_the_run_finishes(
+    tmp_path: Path, postgres_url: str, corpus_dir: Path, restart_server: Any
+) -> None:
+    gate, run_dir = tmp_path / "go-on", tmp_path / "run"
+    coordinator = start_coordinator(postgres_url, run_dir, corpus_dir, DELM_TEST_WAIT_FOR=str(gate))
+    procs = [coordinator]
+    try:
+        run_id = str(parse_postgres_url(wait_for(run_dir / "store.url", 60, procs)).run_id)
+        procs.append(start_worker(postgres_url, run_id, tmp_path / "w1", DELM_TEST_WAIT_FOR=str(gate)))
+        store = open_state(postgres_url, run_id=run_id)
+        try:
+            deadline = time.monotonic() + 90
+            while len({t.lease_holder for t in TaskQueue(store).all() if t.state == TaskState.CLAIMED}) < 2:
+                assert time.monotonic() < deadline, "the two processes did not both claim a task"
+                assert all(p.poll() is None for p in procs), "a process ended early"
+                time.sleep(0.1)
+        finally:
+            store.close()
+        restart_server()  # both hold a claimed task mid-step; their connections are cut
+        gate.write_text("go")
+
+        rc, result = finished(coordinator)
+        assert rc == 0 and result["answer"] == f"Answer: {EXPECTED}", result
+        rc, joined = finished(procs[1])
+        assert rc == 0 and joined["answer"] == result["answer"], joined
+        store = open_state(postgres_url, run_id=run_id)
+        try:
+            check_exactly_once(store, run_id)
+        finally:
+            store.close()
+    finally:
+        kill_all(procs)
+        if "run_id" in locals():
+            delete_run(postgres_url, run_id)
 
 
 async def test_join_refuses_a_store_that_names_no_postgresql_run(tmp_path: Path, postgres_url: str) -> None:
