@@ -559,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--agents", type=_positive_int, default=None, help="team size (default: the run's own)")
     resume.add_argument("--json", action="store_true", help="print the result as JSON on stdout (no live view)")
     resume.set_defaults(handler=cmd_resume)
-    add_worker_parser(sub, [common, model])
+    add_worker_parser(sub, [common, model], finish=finish,
+                      lm_from_args=lambda a: make_lm(a.model, **lm_options(parse_price(a.price), a.no_cache)))
 
     demo = sub.add_parser("demo", parents=[common, model, run], help="offline demo: an OOLONG-style counting question, answered and scored")
     demo.add_argument("--length", type=_positive_int, default=8000, help="window size in tokens (default 8000)")

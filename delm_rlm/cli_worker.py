@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from delm_rlm.llm import LM
     from delm_rlm.result import Result
 
 
-def add_worker_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """The `worker` subcommand, with `parents` (the CLI's common and model options)."""
+def add_worker_parser(sub: Any, parents: list[argparse.ArgumentParser], *,
+                      lm_from_args: Callable[[argparse.Namespace], LM],
+                      finish: Callable[[Result, Path, argparse.Namespace], int]) -> None:
+    """The `worker` subcommand, with `parents` (the CLI's common and model options), the CLI's
+    way to make the model from the options, and its way to print a result."""
     worker = sub.add_parser("worker", parents=parents,
                             help="join a running team run whose state is in PostgreSQL, from any machine")
     worker.add_argument("--store", required=True, metavar="URL",
@@ -34,19 +39,17 @@ def add_worker_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
     worker.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                         help="how long to wait for a run that is just starting to be planned (default 60)")
     worker.add_argument("--json", action="store_true", help="print the run's result as JSON on stdout")
-    worker.set_defaults(handler=cmd_worker)
+    worker.set_defaults(handler=lambda args: cmd_worker(args, lm_from_args(args), finish))
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def cmd_worker(args: argparse.Namespace, lm: LM, finish: Callable[[Result, Path, argparse.Namespace], int]) -> int:
     """Work on the run until it ends; exit 0 when it answered."""
-    from delm_rlm.cli import finish, lm_options, make_lm, parse_price
     from delm_rlm.errors import CLIError
     from delm_rlm.runs import default_runs_dir
     from delm_rlm.team import Team
 
     if args.agents is not None and args.agents < 1:
         raise CLIError(f"--agents must be >= 1, got {args.agents}", code=2)
-    lm = make_lm(args.model, **lm_options(parse_price(args.price), args.no_cache))
 
     async def go() -> Result:
         try:

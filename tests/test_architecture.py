@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     "delm_rlm.live": 2, "tasks": 2, "delm_rlm.trace_charts": 2, "delm_rlm.otel": 2,
     "delm_rlm.methods": 3, "delm_rlm.preview": 3,
     "evals": 4,
-    "delm_rlm.cli": 5, "delm_rlm.cli_tables": 5, "delm_rlm.doctor": 5,
+    "delm_rlm.cli": 5, "delm_rlm.cli_worker": 5, "delm_rlm.cli_tables": 5, "delm_rlm.doctor": 5,
 }
 # Same-layer pairs that must not point this way (the lower room of the two on the left).
 FORBIDDEN = [("delm_rlm.verify", "delm_rlm.team"), ("delm_rlm.state", "delm_rlm.llm"),
