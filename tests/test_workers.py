@@ -229,3 +229,14 @@ async def test_join_refuses_a_store_that_names_no_postgresql_run(tmp_path: Path,
         await Team.join(postgres_url.split("?")[0], lm=ScriptedLM([]))
     with pytest.raises(ConfigError, match="PostgreSQL"):
         await Team.join(str(tmp_path / "store.sqlite"), lm=ScriptedLM([]))
+
+
+def test_the_worker_command_refuses_a_store_that_is_not_a_postgresql_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from delm_rlm.cli import main
+
+    code = main(["worker", "--store", str(tmp_path / "store.sqlite"), "--model", "scripted:scripted_models:worker_counter"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "PostgreSQL" in err and "RUN_ID" in err
