@@ -48,6 +48,8 @@ def cmd_worker(args: argparse.Namespace, lm: LM, finish: Callable[[Result, Path,
     from delm_rlm.runs import default_runs_dir
     from delm_rlm.team import Team
 
+    from delm_rlm.errors import ConfigError
+
     if args.agents is not None and args.agents < 1:
         raise CLIError(f"--agents must be >= 1, got {args.agents}", code=2)
 
@@ -58,7 +60,10 @@ def cmd_worker(args: argparse.Namespace, lm: LM, finish: Callable[[Result, Path,
         finally:
             await lm.aclose()
 
-    result = asyncio.run(go())
+    try:
+        result = asyncio.run(go())
+    except ConfigError as exc:  # a store or run id that names no PostgreSQL run: bad input
+        raise CLIError(str(exc), code=2) from exc
     # The worker's own directory (its trace), where it got that far.
     work_dir = Path(result.trace_path).parent if result.trace_path else Path(args.out or default_runs_dir())
     return finish(result, work_dir, args)
