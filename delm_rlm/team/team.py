@@ -23,7 +23,9 @@ claims, idle waits, lease renewal, settling a task from its verdicts). The budge
 the whole team (one gateway session); BudgetExceeded ends the run with status "budget" and
 the best partial answer. `Team.resume(run_dir, lm=...)` continues a stopped run: admitted
 gists stay, DONE tasks are not redone, tasks that were claimed go back to the queue,
-proposals left unverified are rejected as interrupted.
+proposals left unverified are rejected as interrupted. `Team.join(url, lm=...)` (the
+`delm-rlm worker` command) adds a process on another machine to a run whose state is in
+PostgreSQL; which process finalizes is team/coordination.py's coordinator role.
 """
 
 from __future__ import annotations
