@@ -44,11 +44,9 @@ def add_worker_parser(sub: Any, parents: list[argparse.ArgumentParser], *,
 
 def cmd_worker(args: argparse.Namespace, lm: LM, finish: Callable[[Result, Path, argparse.Namespace], int]) -> int:
     """Work on the run until it ends; exit 0 when it answered."""
-    from delm_rlm.errors import CLIError
+    from delm_rlm.errors import CLIError, ConfigError
     from delm_rlm.runs import default_runs_dir
     from delm_rlm.team import Team
-
-    from delm_rlm.errors import ConfigError
 
     if args.agents is not None and args.agents < 1:
         raise CLIError(f"--agents must be >= 1, got {args.agents}", code=2)

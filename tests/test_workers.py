@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +97,33 @@ def kill_all(procs: list[subprocess.Popen[str]]) -> None:
             p.communicate(timeout=30)
 
 
+@contextmanager
+def coordinated_run(url: str, tmp_path: Path, corpus: Path,
+                    **env: str) -> Iterator[tuple[list[subprocess.Popen[str]], str]]:
+    """A new run's coordinating process (steered by `env`): yields the test's processes (the
+    coordinator first; the test adds its workers) and the run id; afterwards kills what is
+    left and deletes the run."""
+    run_dir = tmp_path / "run"
+    procs = [start_coordinator(url, run_dir, corpus, **env)]
+    run_id = None
+    try:
+        run_id = str(parse_postgres_url(wait_for(run_dir / "store.url", 60, procs)).run_id)
+        yield procs, run_id
+    finally:
+        kill_all(procs)
+        if run_id is not None:
+            delete_run(url, run_id)
+
+
+@contextmanager
+def run_state(url: str, run_id: str) -> Iterator[Any]:
+    store = open_state(url, run_id=run_id)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def check_exactly_once(store: object, run_id: str) -> dict[str, list[str]]:
     """Every task DONE, one admitted PARTIAL per chunk task, no gist admitted twice; returns
     each task's admitted partials' agents."""
@@ -115,11 +144,9 @@ def check_exactly_once(store: object, run_id: str) -> dict[str, list[str]]:
 def test_a_worker_killed_mid_task_loses_its_lease_and_another_process_finishes_its_task(
     tmp_path: Path, postgres_url: str, corpus_dir: Path
 ) -> None:
-    stalled_mark, run_dir = tmp_path / "stalled-task", tmp_path / "run"
-    coordinator = start_coordinator(postgres_url, run_dir, corpus_dir, DELM_TEST_WAIT_FOR=str(stalled_mark))
-    procs = [coordinator]
-    try:
-        run_id = str(parse_postgres_url(wait_for(run_dir / "store.url", 60, procs)).run_id)
+    stalled_mark = tmp_path / "stalled-task"
+    with coordinated_run(postgres_url, tmp_path, corpus_dir, DELM_TEST_WAIT_FOR=str(stalled_mark)) as (procs, run_id):
+        coordinator = procs[0]
         staller = start_worker(postgres_url, run_id, tmp_path / "w-stall", DELM_TEST_STALL_MARK=str(stalled_mark))
         procs.append(staller)
         others = [start_worker(postgres_url, run_id, tmp_path / f"w{i}", DELM_TEST_WAIT_FOR=str(stalled_mark))
@@ -135,8 +162,7 @@ def test_a_worker_killed_mid_task_loses_its_lease_and_another_process_finishes_i
         for worker in others:
             rc, joined = finished(worker)
             assert rc == 0 and joined["answer"] == result["answer"], joined
-        store = open_state(postgres_url, run_id=run_id)
-        try:
+        with run_state(postgres_url, run_id) as store:
             agents = check_exactly_once(store, run_id)
             task = TaskQueue(store).get(stalled_task)
             assert task.attempts >= 2  # the killed worker's claim, then the one that finished it
@@ -145,22 +171,14 @@ def test_a_worker_killed_mid_task_loses_its_lease_and_another_process_finishes_i
             assert store.counter(EPOCH_COUNTER) == 1  # the coordinator never lost its role
             # Tasks were done by more than one process.
             assert len({a.rsplit(".", 1)[0] if "." in a else "coordinator" for a in sum(agents.values(), [])}) >= 2
-        finally:
-            store.close()
-    finally:
-        kill_all(procs)
-        if "run_id" in locals():
-            delete_run(postgres_url, run_id)
 
 
 def test_when_the_coordinator_is_killed_a_worker_takes_its_role_and_finalizes(
     tmp_path: Path, postgres_url: str, corpus_dir: Path
 ) -> None:
-    stalled_mark, run_dir = tmp_path / "stalled-task", tmp_path / "run"
-    coordinator = start_coordinator(postgres_url, run_dir, corpus_dir, DELM_TEST_STALL_MARK=str(stalled_mark))
-    procs = [coordinator]
-    try:
-        run_id = str(parse_postgres_url(wait_for(run_dir / "store.url", 60, procs)).run_id)
+    stalled_mark = tmp_path / "stalled-task"
+    with coordinated_run(postgres_url, tmp_path, corpus_dir, DELM_TEST_STALL_MARK=str(stalled_mark)) as (procs, run_id):
+        coordinator = procs[0]
         workers = [start_worker(postgres_url, run_id, tmp_path / f"w{i}", DELM_TEST_WAIT_FOR=str(stalled_mark))
                    for i in (1, 2)]
         procs += workers
@@ -170,58 +188,38 @@ def test_when_the_coordinator_is_killed_a_worker_takes_its_role_and_finalizes(
 
         answers = [finished(w) for w in workers]
         assert all(rc == 0 and r["answer"] == f"Answer: {EXPECTED}" for rc, r in answers), answers
-        store = open_state(postgres_url, run_id=run_id)
-        try:
+        with run_state(postgres_url, run_id) as store:
             check_exactly_once(store, run_id)
             meta = store.meta()
             assert meta.status == "answered" and meta.answer == f"Answer: {EXPECTED}"
             assert store.counter(EPOCH_COUNTER) == 2  # one takeover, by one of the two workers
             assert store.counter("finalize_rounds") == 1  # and one finalization
-        finally:
-            store.close()
         takeovers = [line for w in (tmp_path / "w1", tmp_path / "w2") for line in (w / "trace.jsonl").read_text().splitlines()
                      if "stopped beating: this process finalizes" in line]
         assert len(takeovers) == 1
-    finally:
-        kill_all(procs)
-        if "run_id" in locals():
-            delete_run(postgres_url, run_id)
 
 
 def test_a_server_restarted_mid_run_is_reconnected_to_and_the_run_finishes(
     tmp_path: Path, postgres_url: str, corpus_dir: Path, restart_server: Any
 ) -> None:
-    gate, run_dir = tmp_path / "go-on", tmp_path / "run"
-    coordinator = start_coordinator(postgres_url, run_dir, corpus_dir, DELM_TEST_WAIT_FOR=str(gate))
-    procs = [coordinator]
-    try:
-        run_id = str(parse_postgres_url(wait_for(run_dir / "store.url", 60, procs)).run_id)
+    gate = tmp_path / "go-on"
+    with coordinated_run(postgres_url, tmp_path, corpus_dir, DELM_TEST_WAIT_FOR=str(gate)) as (procs, run_id):
         procs.append(start_worker(postgres_url, run_id, tmp_path / "w1", DELM_TEST_WAIT_FOR=str(gate)))
-        store = open_state(postgres_url, run_id=run_id)
-        try:
+        with run_state(postgres_url, run_id) as store:
             deadline = time.monotonic() + 90
             while len({t.lease_holder for t in TaskQueue(store).all() if t.state == TaskState.CLAIMED}) < 2:
                 assert time.monotonic() < deadline, "the two processes did not both claim a task"
                 assert all(p.poll() is None for p in procs), "a process ended early"
                 time.sleep(0.1)
-        finally:
-            store.close()
         restart_server()  # both hold a claimed task mid-step; their connections are cut
         gate.write_text("go")
 
-        rc, result = finished(coordinator)
+        rc, result = finished(procs[0])
         assert rc == 0 and result["answer"] == f"Answer: {EXPECTED}", result
         rc, joined = finished(procs[1])
         assert rc == 0 and joined["answer"] == result["answer"], joined
-        store = open_state(postgres_url, run_id=run_id)
-        try:
+        with run_state(postgres_url, run_id) as store:
             check_exactly_once(store, run_id)
-        finally:
-            store.close()
-    finally:
-        kill_all(procs)
-        if "run_id" in locals():
-            delete_run(postgres_url, run_id)
 
 
 async def test_join_refuses_a_store_that_names_no_postgresql_run(tmp_path: Path, postgres_url: str) -> None:

@@ -48,6 +48,7 @@ class Coordination:
         self.clock = clock
         self.epoch: int | None = None  # the epoch this process took, while it may hold it
         self._absent_since: dict[int, float] = {}  # epochs whose holder has not beaten yet
+        self.seen_holder: str | None = None  # the holder named by the last heartbeat read
 
     @property
     def beat_period(self) -> float:
@@ -86,20 +87,12 @@ class Coordination:
         self.store.set_meta(**{heartbeat_key(self.epoch): {"holder": self.holder, "beat": self.clock()}})
         return True
 
-    def stale(self) -> bool:
-        """True when the current holder's heartbeat is older than `stale_s` (or nobody holds it)."""
-        return self._stale(self.store.counter(EPOCH_COUNTER))
-
-    def current_holder(self) -> str | None:
-        epoch = self.store.counter(EPOCH_COUNTER)
-        beat = self.store.get_meta(heartbeat_key(epoch)) if epoch else None
-        return str(beat["holder"]) if isinstance(beat, dict) and "holder" in beat else None
-
     def _stale(self, epoch: int) -> bool:
         if epoch == 0:
             return True  # nobody ever took the role
         now = self.clock()
         beat = self.store.get_meta(heartbeat_key(epoch))
+        self.seen_holder = str(beat["holder"]) if isinstance(beat, dict) and "holder" in beat else None
         if not isinstance(beat, dict) or not isinstance(beat.get("beat"), (int, float)):
             # Taken but not beaten yet: give the taker its grace period, counted from now.
             return now - self._absent_since.setdefault(epoch, now) > self.stale_s

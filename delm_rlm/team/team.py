@@ -625,11 +625,11 @@ class Team:
         coordination = run.coordination
         if coordination is None or coordination.holds():
             return True
-        previous = coordination.current_holder()
         if not coordination.take():
             return False
         run.trace.emit("agent_step", agent=agent_id, task=FINAL_TASK_ID,
-                       action=f"the coordinator {previous or '(unknown)'} stopped beating: this process finalizes")
+                       action=f"the coordinator {coordination.seen_holder or '(unknown)'} stopped beating: "
+                       "this process finalizes")
         return True
 
     async def _beat(self, run: TeamRun) -> None:
