@@ -65,7 +65,37 @@ def pick_questions(rows: Sequence[dict], n: int, start: int = 0) -> list[dict]:
     return picked
 
 
-def oolong_tasks(pool: Path, sizes: Sequence[int], windows: int, questions: int, seed: int, labelled: bool) -> list[Task]:
+VARIANTS = ("unlabelled", "labelled")
+
+
+def parse_variants(text: str) -> tuple[str, ...]:
+    """`"unlabelled,labelled"` -> the window texts to run, checked, in the given order."""
+    names = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--variants takes {' and/or '.join(VARIANTS)}, comma-separated; got {text!r}")
+    return names
+
+
+def parse_team_options(pairs: Sequence[str]) -> dict[str, object]:
+    """`["spot_check_sample=0", "plan=split"]` -> Team(...) keyword arguments; values are read
+    as JSON where they parse (numbers, booleans, null), else kept as strings."""
+    import json
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"--team takes KEY=VALUE (a Team(...) argument), got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def oolong_tasks(pool: Path, sizes: Sequence[int], windows: int, questions: int, seed: int,
+                 variants: Sequence[str] = VARIANTS) -> list[Task]:
     from tasks.oolong import generate, load
 
     tasks: list[Task] = []
@@ -76,9 +106,8 @@ def oolong_tasks(pool: Path, sizes: Sequence[int], windows: int, questions: int,
             by_window.setdefault(row["context_window_id"], []).append(row)
         chosen = [r for i, window_rows in enumerate(by_window.values())
                   for r in pick_questions(window_rows, questions, start=i)]
-        tasks += load(chosen)
-        if labelled:
-            tasks += load(chosen, labels=True)
+        for variant in variants:
+            tasks += load(chosen, labels=variant == "labelled")
     return tasks
 
 
@@ -94,12 +123,13 @@ async def bench(args: argparse.Namespace, console: Console) -> Path:
     from delm_rlm.llm.gateway import LM
 
     methods = parse_methods(args.methods)
-    options = MethodOptions(agents=args.agents, max_iterations=args.max_iterations, chunk_chars=args.chunk_chars)
+    options = MethodOptions(agents=args.agents, max_iterations=args.max_iterations, chunk_chars=args.chunk_chars,
+                            team=parse_team_options(args.team))
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()] if args.sizes else []
     lm = LM(args.model)
     try:
         for size in sizes:
-            tasks = oolong_tasks(Path(args.pool), [size], args.windows, args.questions, args.seed, args.labelled)
+            tasks = oolong_tasks(Path(args.pool), [size], args.windows, args.questions, args.seed, args.variants)
             console.print(f"[bold]OOLONG {size} tokens[/bold]: {len(tasks)} tasks x {len(methods)} methods")
             await arun_eval(
                 "oolong", None, methods, args.model, None, args.out, args.concurrency, lm=lm, tasks=tasks,
@@ -124,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="8192,32768", help="OOLONG window sizes (tokens), comma-separated")
     parser.add_argument("--windows", type=int, default=1, help="windows per size")
     parser.add_argument("--questions", type=int, default=3, help="questions per window")
-    parser.add_argument("--labelled", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run the labelled window text (same questions)")
+    parser.add_argument("--variants", type=parse_variants, default=VARIANTS,
+                        help="window texts: unlabelled (labels must be inferred) and/or labelled (`|| Label: x` "
+                        "on each line), comma-separated; the same questions on each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pool", default=str(SHARED_DATA / "trec" / "train_5500.label"))
     parser.add_argument("--longbench", type=int, default=2, help="LongBench-v2 dev items (0: none)")
@@ -133,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--max-iterations", type=int, default=8)
     parser.add_argument("--chunk-chars", type=int, default=None, help="orchestrator chunk size (default: the team's)")
+    parser.add_argument("--team", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Team(...) argument for delm and hybrid, e.g. spot_check_sample=0 (repeatable); "
+                        "write variants to their own --out file: rows are keyed by task and method")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--order", choices=("task", "method"), default="method",
                         help="method: each method runs all its tasks in a row (the local server reuses a shared prompt prefix)")
