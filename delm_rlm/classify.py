@@ -167,6 +167,7 @@ class ClassificationLog:
         self.votes = votes
         self._lock = threading.Lock()
         self._results: dict[str, list[str | None]] = {}
+        self._records: list[ClassificationRecord] = []  # kept here only without a store
         self._store = store
         self._loaded = 0  # how many of the store's records are in _results
         if store is not None:
@@ -179,12 +180,23 @@ class ClassificationLog:
 
     def record(self, items: Sequence[str], labels: Sequence[str], instruction: str, result: list[str | None]) -> None:
         key = self.key(items, labels, instruction)
+        entry = ClassificationRecord(
+            key=key, labels=list(labels), instruction=instruction, result=list(result), items=list(items)
+        )
         with self._lock:
             if self._store is not None:  # stored first: memory never holds what the store lost
-                self._store.append_classification(ClassificationRecord(
-                    key=key, labels=list(labels), instruction=instruction, result=list(result)
-                ))
+                self._store.append_classification(entry)
+            else:
+                self._records.append(entry)
             self._results[key] = list(result)
+
+    def records(self) -> list[ClassificationRecord]:
+        """Every classification recorded, oldest first, items included: the store's (every
+        process's) when there is one, else this log's own."""
+        if self._store is not None:
+            return self._store.classifications()
+        with self._lock:
+            return list(self._records)
 
     def __len__(self) -> int:
         with self._lock:

@@ -40,6 +40,7 @@ from delm_rlm.errors import BudgetExceeded, ConfigError
 if TYPE_CHECKING:
     from delm_rlm.llm import LM, Budget
     from delm_rlm.result import Result
+    from delm_rlm.state.protocol import ClassificationRecord
     from delm_rlm.trace import Trace, TraceEvent
 
 METHOD_NAMES: tuple[str, ...] = ("direct", "rlm", "delm", "orchestrator", "hybrid")
@@ -102,6 +103,8 @@ class MethodRun:
 
     result: Result
     detail: dict[str, Any] = field(default_factory=dict)
+    # Every classify() call the run's agents made, items and labels (what label audits read).
+    classifications: list[ClassificationRecord] = field(default_factory=list)
 
 
 class Method(ABC):
@@ -133,6 +136,19 @@ def result_detail(result: Result, **detail: Any) -> dict[str, Any]:
         if value is not None:
             extra[name] = value
     return extra
+
+
+def stored_classifications(store_target: str | None) -> list[ClassificationRecord]:
+    """The classification log of the run store a Result names (none without one)."""
+    if store_target is None:
+        return []
+    from delm_rlm.state.opener import open_state
+
+    store = open_state(store_target)
+    try:
+        return store.classifications()
+    finally:
+        store.close()
 
 
 def _open_trace(run_dir: Path | None, subscribers: Sequence[TraceSubscriber]) -> Any:
@@ -247,7 +263,7 @@ class RLMMethod(Method):
                 kwargs["trace"] = trace
             agent = RLM(lm, **kwargs, **self.options.rlm)
             result = await agent.run(question.text, question.corpus.value, budget=budget)
-        return MethodRun(result, result_detail(result))
+        return MethodRun(result, result_detail(result), classifications=agent.classifications.records())
 
 
 class TeamMethod(Method):
@@ -275,7 +291,8 @@ class TeamMethod(Method):
                 kwargs.setdefault(name, value)
         team = Team(lm, agents=self.options.agents, mode=self.mode, **kwargs)
         result = await team.run(question.text, question.corpus)
-        return MethodRun(result, result_detail(result, gists=len(result.gist_ids) or None))
+        return MethodRun(result, result_detail(result, gists=len(result.gist_ids) or None),
+                         classifications=stored_classifications(result.store_path))
 
 
 class DeLMMethod(TeamMethod):

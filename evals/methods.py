@@ -37,6 +37,7 @@ from delm_rlm.methods import (
     get_method,
     parse_methods,
 )
+from evals.labels import task_label_accuracy
 
 if TYPE_CHECKING:
     from delm_rlm.llm import LM, Usage
@@ -153,8 +154,11 @@ async def solve(name: str, task: Task, lm: LM, options: MethodOptions | None = N
     method = get_method(name)(options.model_copy(update={"answer_tokens": default_answer_tokens(task, options)}))
     run_dir = new_run_dir()
     run = await method.answer(question_for(task), lm, run_dir=run_dir)
-    return Outcome(answer=run.result.answer, status=run.result.status, error=run.result.error,
-                   detail={**run.detail, "run_dir": str(run_dir)})
+    detail = {**run.detail, "run_dir": str(run_dir)}
+    labels = task_label_accuracy(task, run.classifications)
+    if labels is not None:  # the run labelled with classify(): how right those labels were
+        detail["labels"] = labels
+    return Outcome(answer=run.result.answer, status=run.result.status, error=run.result.error, detail=detail)
 
 
 # ------------------------------------------------------------------ runner

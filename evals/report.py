@@ -142,6 +142,9 @@ def build_report(rows: Sequence[ResultRow]) -> Report:
                     [(v, (lambda r, v=v: r.variant == v)) for v in variants],
                 )
             )
+    audited = [r for r in rows if r.detail.get("labels")]
+    if audited:
+        report.tables.append(label_table(rows, methods))
     longbench = [r for r in rows if r.bench == "longbench"]
     if longbench:
         report.tables.append(
@@ -189,6 +192,33 @@ def summary_table(rows: Sequence[ResultRow], methods: Sequence[str]) -> ReportTa
         rows=table_rows,
         caption="score: mean official score x100 (errors count 0); lenient: the documented lenient "
         "synth scorer, reported beside, never instead; score per $: score points per dollar per task.",
+    )
+
+
+def label_table(rows: Sequence[ResultRow], methods: Sequence[str]) -> ReportTable:
+    """How right the labels a run's classify() calls gave were (rows measured by
+    `evals.labels`: OOLONG-synth tasks whose run used classify)."""
+    table_rows: list[list[str]] = []
+    for method in methods:
+        mine = [r for r in rows if r.method == method and r.bench in OOLONG_BENCHES]
+        audits = [r.detail["labels"] for r in mine if r.detail.get("labels")]
+        if not mine:
+            continue
+        accuracies = [a["accuracy"] for a in audits if a.get("accuracy") is not None]
+        table_rows.append([
+            method,
+            f"{len(audits)} of {len(mine)}",
+            _pct(_mean(accuracies)) if accuracies else "-",
+            _pct(_mean(a["coverage"] for a in audits)) if audits else "-",
+            f"{_mean(a['calls'] for a in audits):.1f}" if audits else "-",
+        ])
+    return ReportTable(
+        title="OOLONG: labels given by classify() against the window's true labels",
+        columns=["method", "tasks measured", "label accuracy", "lines labelled", "classify calls/task"],
+        rows=table_rows,
+        caption="label accuracy: share of labelled lines whose final label is the true one; lines "
+        "labelled: share of the window's lines some call labelled; a task whose run never called "
+        "classify (e.g. labels read from the text, or asked with llm_query) is not measured.",
     )
 
 

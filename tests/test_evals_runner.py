@@ -161,7 +161,9 @@ def test_report_renders_tables_markdown_and_png(tmp_path: Path) -> None:
     lines = [
         _row(task_id="a", score=1.0, context_len=8192, task_group="counting", variant="unlabelled", dollars=0.0),
         _row(task_id="b", score=0.0, context_len=32768, task_group="user", variant="labelled", dollars=0.0),
-        _row(task_id="a", method="rlm", score=0.5, context_len=8192, task_group="counting", variant="unlabelled", dollars=0.0),
+        _row(task_id="a", method="rlm", score=0.5, context_len=8192, task_group="counting", variant="unlabelled", dollars=0.0,
+             detail={"labels": {"lines": 40, "labelled": 40, "correct": 30, "calls": 2, "unmatched_items": 0,
+                                "accuracy": 0.75, "coverage": 1.0}}),
         _row(task_id="b", method="rlm", score=1.0, context_len=32768, task_group="user", variant="labelled", dollars=0.0),
         _row(bench="longbench", task_id="q1", score=1.0, difficulty="easy", length="short", model="gpt-5", dollars=0.02),
         _row(bench="longbench", task_id="q2", score=0.0, difficulty="hard", length="long", model="gpt-5", dollars=0.02),
@@ -177,11 +179,14 @@ def test_report_renders_tables_markdown_and_png(tmp_path: Path) -> None:
         "OOLONG: score by context length",
         "OOLONG: score by task group",
         "OOLONG: score by window variant",
+        "OOLONG: labels given by classify() against the window's true labels",
         "LongBench-v2: accuracy",
     ]
     by_title = {t.title: t for t in report.tables}
     assert by_title["OOLONG: score by context length"].columns == ["method", "8K", "32K", "all"]
     assert by_title["OOLONG: score by context length"].rows[1] == ["rlm", "50.0 (1)", "100.0 (1)", "75.0 (2)"]
+    labels = by_title["OOLONG: labels given by classify() against the window's true labels"]
+    assert labels.rows == [["direct", "0 of 2", "-", "-", "-"], ["rlm", "1 of 2", "75.0", "100.0", "2.0"]]
     lb = by_title["LongBench-v2: accuracy"]
     assert lb.columns == ["method", "overall", "easy", "hard", "short", "medium", "long"]
     assert lb.rows[0] == ["direct", "50.0 (2)", "100.0 (1)", "0.0 (1)", "100.0 (1)", "-", "0.0 (1)"]

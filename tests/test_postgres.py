@@ -25,7 +25,7 @@ import pytest
 from delm_rlm.errors import ConfigError, NotFound, RunNotFound, StoreError
 from delm_rlm.gists import Gist
 from delm_rlm.state.opener import describe_target, open_state
-from delm_rlm.state.protocol import RunState, TaskState
+from delm_rlm.state.protocol import ClassificationRecord, RunState, TaskState
 from delm_rlm.state.queue import TaskQueue
 from delm_rlm.state.sqlite import RunStore
 from delm_rlm.state import postgres_schema
@@ -354,6 +354,23 @@ def test_migrations_step_an_older_database_forward_once(own_database: str) -> No
         assert meta[0] == str(current + 1)  # every run's meta says the new version
         with pytest.raises(StoreError, match="no migration from store schema"):
             postgres_schema.ensure_schema(conn, "db", migrations=migrations, target=current + 2)
+
+
+def test_a_v1_database_gains_classification_items_and_keeps_its_records(own_database: str) -> None:
+    old = PostgresRunStore(own_database)
+    run_id = old.run_id
+    old.close()
+    with admin(own_database) as conn:  # rewritten as v1 made it: no items column, one record
+        conn.execute("ALTER TABLE delm_rlm.classifications DROP COLUMN items")
+        conn.execute("UPDATE delm_rlm.schema_info SET version = 1")
+        conn.execute("INSERT INTO delm_rlm.classifications(run_id, key, labels, instruction, result) "
+                     "VALUES (%s, 'k', '[\"a\"]', '', '[\"a\"]')", (run_id,))
+        assert postgres_schema.ensure_schema(conn, "db") == 1
+    store = PostgresRunStore(own_database, run_id)
+    new = ClassificationRecord(key="k2", labels=["a"], instruction="", result=[None], items=["an item"])
+    store.append_classification(new)
+    assert store.classifications() == [ClassificationRecord(key="k", labels=["a"], instruction="", result=["a"]), new]
+    store.close()
 
 
 def test_openers_racing_on_a_fresh_database_create_the_schema_once(own_database: str) -> None:

@@ -352,7 +352,7 @@ def test_concurrent_increments_are_never_lost(backend: StateBackend, store: RunS
 
 def test_classification_records_append_and_read_back_in_order(backend: StateBackend, store: RunState) -> None:
     first = ClassificationRecord(key="k1", labels=["spam", "ham"], instruction="", result=["spam", None])
-    second = ClassificationRecord(key="k2", labels=["a", "b"], instruction="which", result=["b"])
+    second = ClassificationRecord(key="k2", labels=["a", "b"], instruction="which", result=["b"], items=["an item"])
     again = ClassificationRecord(key="k1", labels=["spam", "ham"], instruction="", result=["ham", "ham"])
     assert store.classifications() == []
     for record in (first, second, again):
@@ -369,6 +369,8 @@ def test_classification_log_written_through_is_replayed_by_a_later_log(backend: 
     log.record(["x"], labels, "", [None])  # the later result for the same call wins
     resumed = ClassificationLog(backend.open())
     assert len(resumed) == 2
+    # The store keeps what was labelled, item by item, for reports and evaluations.
+    assert [(r.items, r.result) for r in backend.open().classifications()][0] == (items, ["location", "human"])
     assert resumed.replay(items, labels, "what the answer is") == ["location", "human"]
     assert resumed.replay(["x"], labels) == [None]
     # Recorded elsewhere after `log` was built: a miss reads the store again.

@@ -15,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from delm_rlm.state.context import SharedContext
 from delm_rlm.gists import CodeEvidence, Gist, GistKind, GistStatus, QuoteEvidence
+from delm_rlm.state.protocol import ClassificationRecord
 from delm_rlm.state.queue import TaskQueue
 from delm_rlm.errors import RunNotFound
 from delm_rlm.state.sqlite import SCHEMA_VERSION, NotFound, RunStore, StoreError, read_snapshot
@@ -172,11 +173,12 @@ def test_a_v3_store_is_migrated_and_holds_blobs_checked_by_sha256(tmp_path: Path
     store.close()
     conn = sqlite3.connect(path)  # as schema v3 wrote it: no blob table
     conn.execute("DROP TABLE blobs")
+    conn.execute("ALTER TABLE classifications DROP COLUMN items")
     conn.execute("PRAGMA user_version = 3")
     conn.commit()
     conn.close()
     reopened = RunStore(path)
-    assert reopened.meta().schema_version == SCHEMA_VERSION == 4
+    assert reopened.meta().schema_version == SCHEMA_VERSION
     assert [g.text for g in reopened.list_gists()] == ["kept"]
     assert reopened.put_blob("corpus", b"the documents").size == 13
     assert reopened.get_blob("corpus") == b"the documents"
@@ -186,6 +188,27 @@ def test_a_v3_store_is_migrated_and_holds_blobs_checked_by_sha256(tmp_path: Path
     raw.close()
     with pytest.raises(StoreError, match="no longer matches its SHA-256"):
         reopened.get_blob("corpus")
+
+
+def test_a_v4_store_is_migrated_and_keeps_its_records_without_items(tmp_path: Path) -> None:
+    """Records written before v5 carry no items; they replay as before, new ones keep theirs."""
+    path = tmp_path / "v4.sqlite"
+    store = RunStore(path)
+    store.close()
+    conn = sqlite3.connect(path)  # as schema v4 wrote it: classifications without items
+    conn.execute("ALTER TABLE classifications DROP COLUMN items")
+    conn.execute("INSERT INTO classifications(key, labels, instruction, result) VALUES ('k', '[\"a\"]', '', '[\"a\"]')")
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    reopened = RunStore(path)
+    assert reopened.meta().schema_version == SCHEMA_VERSION == 5
+    old = ClassificationRecord(key="k", labels=["a"], instruction="", result=["a"])
+    new = ClassificationRecord(key="k2", labels=["a"], instruction="", result=[None], items=["an item"])
+    reopened.append_classification(new)
+    assert reopened.classifications() == [old, new]
+    reopened.close()
+    assert RunStore(path).classifications() == [old, new]  # migrated once
 
 
 def test_read_snapshot_is_read_only_and_refuses_what_is_no_store(tmp_path: Path) -> None:

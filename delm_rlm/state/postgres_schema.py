@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import psycopg
 
 SCHEMA = "delm_rlm"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: classifications.items
 # The first key of every advisory lock the stores take ("delm"); the second is 0 for the
 # schema lock and a run's `lock_key` (>= 1) for its run lock.
 LOCK_SPACE = 0x64656C6D
@@ -134,8 +134,13 @@ def _create_v1(conn: psycopg.Connection[Any]) -> None:
     run_script(conn, _V1)
 
 
+def _add_classification_items(conn: psycopg.Connection[Any]) -> None:
+    """v2: the items each classify call labelled (a JSON list; NULL in earlier rows)."""
+    conn.execute(f"ALTER TABLE {SCHEMA}.classifications ADD COLUMN IF NOT EXISTS items text")
+
+
 # From version n to n + 1, in order, inside the opening transaction. v0 is "no schema".
-MIGRATIONS: dict[int, Migration] = {0: _create_v1}
+MIGRATIONS: dict[int, Migration] = {0: _create_v1, 1: _add_classification_items}
 
 
 def stored_version(conn: psycopg.Connection[Any], shown: str) -> int:

@@ -106,13 +106,15 @@ def check_task_changes(changes: dict[str, object]) -> None:
 class ClassificationRecord(BaseModel):
     """One `classify` call an agent made: what the verifier's replay answers from.
 
-    `key` is `ClassificationLog.key(items, labels, instruction)`; the items themselves are not
-    stored (they are the corpus's text, and the key proves which they were)."""
+    `key` is `ClassificationLog.key(items, labels, instruction)`, what a replay looks up;
+    `items` are the texts labelled, one per result, so a report or an evaluation can read
+    what the model said about each (None in records stored before they were kept)."""
 
     key: str
     labels: list[str]
     instruction: str
     result: list[str | None]
+    items: list[str] | None = None
 
 
 MAX_BLOB_NAME_CHARS = 200

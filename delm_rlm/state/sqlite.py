@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from delm_rlm.errors import ConfigError, NotFound, RunNotFound, RunStateError, StoreError
 from delm_rlm.gists import Gist, GistStatus, dedupe_key, parse_kind
-from delm_rlm.state import sqlite_blobs
+from delm_rlm.state import sqlite_blobs, sqlite_classifications
 from delm_rlm.state.protocol import (
     check_task_changes,
     BlobInfo,
@@ -48,7 +48,8 @@ from delm_rlm.state.protocol import (
     utc_now_iso,
 )
 
-SCHEMA_VERSION = 4  # v2: gists.dedupe_key (indexed duplicates); v3: run_counters, classifications; v4: blobs
+SCHEMA_VERSION = 5  # v2: gists.dedupe_key (indexed duplicates); v3: run_counters, classifications; v4: blobs;
+# v5: classifications.items
 
 _V3_TABLES = """
 CREATE TABLE IF NOT EXISTS run_counters (
@@ -101,7 +102,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated_at    REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, seq);
-""" + _V3_TABLES + sqlite_blobs.BLOBS_TABLE
+""" + _V3_TABLES + sqlite_blobs.BLOBS_TABLE + sqlite_classifications.ITEMS_COLUMN
 
 _OWN_TABLES = {"meta", "counters", "gists", "tasks", "run_counters", "classifications", "blobs"}
 # v2 runs kept these team counters in meta; v3 copies them into run_counters.
@@ -551,25 +552,15 @@ class RunStore:
         with self.reading() as tx:
             return tx.counter(name)
 
-    # -- the classification log ----------------------------------------------------------------
+    # -- the classification log (its SQL: state/sqlite_classifications.py) ----------------------
 
     def append_classification(self, record: ClassificationRecord) -> None:
         with self.transaction() as tx:
-            tx._conn.execute(
-                "INSERT INTO classifications(key, labels, instruction, result) VALUES (?, ?, ?, ?)",
-                (record.key, json.dumps(record.labels, ensure_ascii=False), record.instruction,
-                 json.dumps(record.result, ensure_ascii=False)),
-            )
+            sqlite_classifications.append_classification(tx._conn, record)
 
     def classifications(self) -> list[ClassificationRecord]:
         with self.reading() as tx:
-            rows = tx._conn.execute(
-                "SELECT key, labels, instruction, result FROM classifications ORDER BY seq"
-            ).fetchall()
-        return [
-            ClassificationRecord(key=k, labels=json.loads(labels), instruction=text, result=json.loads(result))
-            for k, labels, text, result in rows
-        ]
+            return sqlite_classifications.classifications(tx._conn)
 
     # -- blobs (their SQL: state/sqlite_blobs.py) ------------------------------------------------
 
@@ -681,6 +672,7 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migrate_v1_to_v2,
     2: _migrate_v2_to_v3,
     3: sqlite_blobs.migrate_v3_to_v4,
+    4: sqlite_classifications.migrate_v4_to_v5,
 }
 
 
