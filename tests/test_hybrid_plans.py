@@ -106,6 +106,22 @@ async def test_an_unlabelled_window_is_split_and_the_trace_says_why(window: dict
     assert plan.data["plan"] == "split" and "classify" in plan.data["reason"]
     tasks = TaskQueue(RunStore(result.store_path)).all()
     assert len(tasks) == plan.data["tasks"] > 1 and all(t.created_by == "split" for t in tasks)
+    # No record states the labels: every chunk task is told to label with the corpus's labels.
+    label = re.search(r"label '([^']+)'", row["question"]).group(1)
+    assert all("labels = classify(records, [" in t.goal and repr(label) in t.goal for t in tasks)
+
+
+def test_only_a_plan_that_needs_labels_asks_chunk_tasks_to_classify(window: dict) -> None:
+    from delm_rlm.team.planner import labelling_step
+
+    row = _question(window["rows"], "TASK_TYPE.NUMERIC_ONE_CLASS")
+    assert choose_plan(row["question"], Corpus(window["plain"])).labelling
+    labelled = choose_plan(row["question"], Corpus(window["labelled"]))
+    assert not labelled.labelling and labelling_step(labelled) == ""
+    logs = "\n".join(f"2024-05-0{i} 12:0{i} level=INFO msg=started job {i}" for i in range(1, 9))
+    read = choose_plan("Which sentiment do most messages express?", Corpus(logs))
+    assert read.plan == "split" and read.labelling and not read.labels
+    assert "[every label the question names]" in labelling_step(read)
 
 
 async def test_a_whole_program_that_is_not_verified_falls_back_to_the_split(tmp_path: Path) -> None:

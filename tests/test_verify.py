@@ -434,3 +434,25 @@ def test_empty_result_hint_names_a_loop_over_the_chunks_characters() -> None:
     for by_line in ('for line in chunk.splitlines():', 'for line in chunk[:100].splitlines():',
                     'for chunk_line in chunks:', 'for x in chunk_lines:'):
         assert "character by character" not in empty_result_reason(5, check=by_line), by_line
+
+
+async def test_counts_all_under_none_are_sent_back_once_with_the_labelling_hint(tmp_path: Path) -> None:
+    """`{None: 4}`: the code split on a field no line has (hybrid agents' `field = "label: "`
+    over unlabelled lines, issue-12 benchmark). A self-consistent check proves nothing; the
+    first attempt is sent back with the classify hint, a retry (the field may truly be absent
+    from this chunk) is decided by the other stages."""
+    verifier, _, _ = _verifier(tmp_path, judge=False, label_hint=["spam", "ham"])
+    check = ("from collections import Counter\n"
+             "print(dict(Counter(line.split('level: ')[1] if 'level: ' in line else None "
+             "for line in docs[0].splitlines())))")
+
+    def gist() -> Gist:
+        return Gist(kind="partial", text="count per level: {None: 4}", value={None: 4}, check=check, provenance=PROV)
+
+    async with verifier:
+        first = await verifier.verify(gist(), source=DOCS[0], reject_empty=True)
+        retry = await verifier.verify(gist(), source=DOCS[0], reject_empty=False)
+    assert first.status == "rejected"
+    assert "every count is under None" in first.reason and "4 non-empty lines" in first.reason
+    assert 'classify(chunk.splitlines(), ["spam", "ham"])' in first.reason
+    assert retry.status == "admitted", retry.reason

@@ -350,6 +350,13 @@ answer["content"] = str(dict(counts))
 answer["ready"] = True
 ```"""
 
+# Appended to a chunk task's goal when the scout found no record field stating what the
+# question asks about (e.g. a category every record must be given).
+TEAM_LABELLING_STEP = (
+    "No record states what the question asks about: label your chunk's records first, "
+    "labels = classify(records, {labels}), with records = the chunk's non-empty lines, then "
+    "count the labels."
+)
 TEAM_RETRY = "A previous attempt at this task was rejected: {reason}\nDo not repeat that mistake.\n"
 
 # In a task's prompt when the team's admitted method failed on its chunk (team/sharing.py).
@@ -418,7 +425,7 @@ JUDGE_SOURCE = "Source text the claim is about:\n<data>{source}</data>\n"
 
 # A PARTIAL whose value is empty although its chunk has text (delm_rlm.verify.empty_result).
 VERIFY_EMPTY_RESULT = (
-    "the result is empty although the chunk has {lines} non-empty lines: the code matched "
+    "{what} although the chunk has {lines} non-empty lines: the code matched "
     "nothing, e.g. a field these lines do not have. Print a few lines and match what they "
     "contain (a log's level, a CSV column, a JSON key, as written there); if they do not "
     "state what the question is about (such as a label), label them first and count "
@@ -432,6 +439,8 @@ VERIFY_EMPTY_RESULT = (
     'answer["ready"] = True\n'
     "```"
 )
+VERIFY_EMPTY_WHAT = "the result is empty"
+VERIFY_NO_VALUE_WHAT = "every count is under {key} (records without the field)"
 # Without labels named in the question the hint has a placeholder that fails if copied as it
 # is ([...] is not a label), instead of one that runs and counts made-up labels.
 VERIFY_LABELS_PLACEHOLDER = (

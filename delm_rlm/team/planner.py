@@ -41,19 +41,30 @@ async def plan_tasks(run: TeamRun, *, runs_code: bool, needs_reading: NeedsReadi
             run.queue.add(goal, created_by="planner")
         record_plan(run, choice, {})
         return
-    record_plan(run, choice, split_tasks(run))
+    record_plan(run, choice, split_tasks(run, choice))
 
 
-def split_tasks(run: TeamRun) -> dict[str, dict[str, Any]]:
+def labelling_step(choice: PlanChoice) -> str:
+    """What a chunk task must do first when no record states what the question asks about
+    (the scout's `labelling`): label the records with classify, over the labels it found."""
+    if not choice.labelling:
+        return ""
+    labels = ", ".join(repr(label) for label in choice.labels) if len(choice.labels) >= 2 else None
+    return " " + prompts.TEAM_LABELLING_STEP.format(
+        labels=f"[{labels}]" if labels else "[every label the question names]")
+
+
+def split_tasks(run: TeamRun, choice: PlanChoice) -> dict[str, dict[str, Any]]:
     """Queue one task per chunk; the chunks by task id (as stored in the run's meta)."""
     cfg = run.config
     split = team_split(run.docs, chunk_chars=cfg.chunk_chars, chunk_tokens=cfg.chunk_tokens, split_by=cfg.split_by,
                        max_tasks=cfg.max_tasks, count_tokens=run.lm.count_tokens, table=run.corpus.table)
     chunks: dict[str, dict[str, Any]] = {}
+    step = labelling_step(choice)
     for chunk in split:
         goal = (
             f"Work on {chunk.describe(len(split), run.corpus.names)} for the team question; "
-            "propose your chunk's result as a PARTIAL gist."
+            f"propose your chunk's result as a PARTIAL gist.{step}"
         )
         task = run.queue.add(goal, created_by="split")
         chunks[task.id] = chunk.model_dump()
@@ -64,7 +75,7 @@ def record_plan(run: TeamRun, choice: PlanChoice, chunks: dict[str, dict[str, An
                 whole_task: str | None = None) -> None:
     """Store the plan in the run's meta, say it in the trace, and set the run up for it."""
     plan = {"plan": choice.plan, "reason": choice.reason, "whole_task": whole_task,
-            "labels": choice.labels, "reading": choice.reading}
+            "labels": choice.labels, "reading": choice.reading, "labelling": choice.labelling}
     run.store.set_meta(chunks=chunks, plan=plan)
     run.trace.emit("plan_chosen", agent="scout", plan=choice.plan, reason=choice.reason, signals=choice.signals,
                    whole_task=whole_task, tasks=len(chunks) or (1 if whole_task else None))
@@ -89,9 +100,9 @@ def fall_back_to_split(run: TeamRun) -> None:
     reason = f"the whole-corpus program was not verified ({run.replan}): splitting the corpus"
     previous = run.store.get_meta("plan") or {}
     choice = PlanChoice("split", reason, {"after": "whole"}, list(previous.get("labels") or []),
-                        bool(previous.get("reading")))
+                        bool(previous.get("reading")), bool(previous.get("labelling")))
     run.replan = None
-    record_plan(run, choice, split_tasks(run))
+    record_plan(run, choice, split_tasks(run, choice))
 
 
 async def model_plan(run: TeamRun) -> list[str]:

@@ -215,6 +215,7 @@ class PlanChoice:
     signals: dict[str, Any] = field(default_factory=dict)
     labels: list[str] = field(default_factory=list)  # for the empty-result hint
     reading: bool = False  # documents to read: the coverage rule does not apply
+    labelling: bool = False  # no record states what is asked: chunk tasks label with classify
 
 
 def corpus_labels(question: str, profile: RecordProfile) -> list[str]:
@@ -253,14 +254,15 @@ def choose_plan(question: str, corpus: Corpus, *, runs_code: bool = True,
                               signals, labels)
         fields = ", ".join(profile.fields[:6]) or "none"
         return PlanChoice("split", f"no record states {missing[0]!r} (record fields: {fields}): every record "
-                          "needs the model to label it (classify), chunk by chunk", signals, labels)
+                          "needs the model to label it (classify), chunk by chunk", signals, labels, labelling=True)
     if prop:
         if prop_field:
             return PlanChoice("whole", f"the records state the {prop} (field {prop_field!r}): one program "
                               "over the whole corpus answers", signals, labels)
         fields = ", ".join(profile.fields[:6]) or "none"
         return PlanChoice("split", f"the question asks for a {prop}, which no record field states (fields: "
-                          f"{fields}): every record needs the model (classify), chunk by chunk", signals, labels)
+                          f"{fields}): every record needs the model (classify), chunk by chunk", signals, labels,
+                          labelling=True)
     for word in content_words(question):
         name = next((f for f in profile.fields if _names_field(word, f)), None)
         if name:
