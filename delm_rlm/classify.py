@@ -39,6 +39,10 @@ DEFAULT_BATCH_ITEMS = 20
 DEFAULT_BATCH_CHARS = 2500
 ITEM_CHARS = 400  # an item longer than this is cut in the prompt (labels rarely need more)
 RULES_CHARS = 1500  # labelling rules shown in one prompt, at most (the first ones given win)
+# Labellings per item when classify runs again on items a spot check found mislabelled: the
+# same prompt again would get the same labels (temperature 0, the response cache), so the
+# second call buys independent labellings instead and keeps the majority.
+DISPUTED_VOTES = 3
 
 # Labelling rules: a list of texts, or a function returning them when a call starts (rules
 # admitted while a run goes on reach the calls made after).
@@ -157,7 +161,9 @@ class ClassificationLog:
     one it lives in this process only.
 
     `rules` and `votes` are what every `classify` call recording here uses unless it passes
-    its own (see `classify`): the run's labelling rules and its k."""
+    its own (see `classify`): the run's labelling rules and its k. A classification that a
+    spot check rejected (`dispute`) is labelled `DISPUTED_VOTES` times when asked for again
+    (in this process: the verifier that rejected it serves the agent that asks again)."""
 
     def __init__(
         self, store: ClassificationRecords | None = None, *, rules: RulesSource | None = None, votes: int = 1
@@ -170,6 +176,7 @@ class ClassificationLog:
         self._records: list[ClassificationRecord] = []  # kept here only without a store
         self._store = store
         self._loaded = 0  # how many of the store's records are in _results
+        self._disputed: set[str] = set()  # keys a spot check rejected
         if store is not None:
             self._load_from(store)
 
@@ -189,6 +196,18 @@ class ClassificationLog:
             else:
                 self._records.append(entry)
             self._results[key] = list(result)
+
+    def dispute(self, items: Sequence[str], labels: Sequence[str], instruction: str) -> None:
+        """A spot check found these labels wrong: the next call with these arguments votes."""
+        with self._lock:
+            self._disputed.add(self.key(items, labels, instruction))
+
+    def votes_for(self, items: Sequence[str], labels: Sequence[str], instruction: str) -> int:
+        """The labellings per item a call with these arguments gets: the log's k, or at least
+        `DISPUTED_VOTES` for a disputed classification."""
+        with self._lock:
+            disputed = self.key(items, labels, instruction) in self._disputed
+        return max(self.votes, DISPUTED_VOTES) if disputed else self.votes
 
     def records(self) -> list[ClassificationRecord]:
         """Every classification recorded, oldest first, items included: the store's (every
@@ -361,10 +380,12 @@ async def classify(
 
     `rules`: labelling rules every prompt shows (None: the log's); `votes`: k labellings per
     item, each item keeping the label most of them gave, a tie going to the earliest
-    labelling's label among the tied (None: the log's k, else 1). k labellings cost k times
+    labelling's label among the tied (None: the log's k, more for a disputed classification
+    (`ClassificationLog.votes_for`), else 1). k labellings cost k times
     the calls, all counted under `role`. The log records the labels kept."""
     item_list, label_list, text = check_arguments(items, labels, instruction)
-    k = check_votes(votes if votes is not None else (log.votes if log is not None else 1))
+    default = log.votes_for(item_list, label_list, text) if log is not None else 1
+    k = check_votes(votes if votes is not None else default)
     shown_rules = rules if rules is not None else (log.rules if log is not None else None)
     passes = await label_votes(
         lm, item_list, label_list, text, votes=k, role=role, tags=tags, rules=shown_rules,

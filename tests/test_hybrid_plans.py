@@ -14,6 +14,7 @@ from delm_rlm import RLM, Budget, RunStore, ScriptedLM, Team, Trace
 from delm_rlm.corpus import Corpus
 from delm_rlm.state.queue import TaskQueue, TaskState
 from delm_rlm.team.scout import choose_plan, named_values, profile_records
+from scripted_models import counts_finalizer
 from tasks import oolong
 
 
@@ -151,3 +152,43 @@ async def test_a_whole_program_that_is_not_verified_falls_back_to_the_split(tmp_
     assert "the whole-corpus program was not verified" in plans[1]["reason"]
     tasks = TaskQueue(RunStore(result.store_path)).all()
     assert tasks[0].state == TaskState.FAILED and [t.state for t in tasks[1:]] == [TaskState.DONE] * 2
+
+
+async def test_under_a_labelling_plan_a_count_that_matched_nothing_is_never_admitted(window: dict,
+                                                                                     tmp_path: Path) -> None:
+    """Seen in the issue-12 benchmark: on an unlabelled window an agent split each line on a
+    field the lines lack, got {None: 192}, and on the task's retry that count was admitted
+    and answered `Label: None`. Where the scout found that no record states what is asked,
+    every attempt is sent back, so the chunk fails instead of counting nothing."""
+    row = _question(window["rows"], "TASK_TYPE.NUMERIC_ONE_CLASS")
+    label = re.search(r"label '([^']+)'", row["question"]).group(1)
+    stubborn = f'''```repl
+check = """
+from collections import Counter
+field = "{label}: "
+counts = Counter(line.split(field)[1] if field in line else None for line in chunk.splitlines() if line.strip())
+print(dict(counts))
+"""
+exec(check)
+print(propose("partial", f"counts {{dict(counts)}}", value=dict(counts), check=check))
+answer["content"] = "proposed"
+answer["ready"] = True
+```'''
+
+    def script(messages: list[dict], role: str) -> str:
+        if role in {"finalizer", "verifier"}:
+            return counts_finalizer("Answer: {total.get('x', 0)}") if role == "finalizer" else "REJECT: unsupported"
+        return stubborn
+
+    result = await Team(ScriptedLM(script), agents=1, max_attempts=2, max_iterations=2,
+                        run_dir=tmp_path / "run").run(row["question"], window["plain"])
+    store = RunStore(result.store_path)
+    assert store.get_meta("plan")["labelling"] is True
+    assert store.list_gists(status="admitted", kinds="partial") == []
+    tasks = TaskQueue(store).all()
+    assert tasks and all(t.attempts == 2 and t.state == TaskState.FAILED for t in tasks)
+    sent_back = [e.data["reason"] for e in Trace.load(result.trace_path)
+                 if e.kind == "gist_rejected" and "every count is under" in e.data["reason"]]
+    assert len(sent_back) == 2 * len(tasks)  # every attempt, not only the first
+    assert all("classify(chunk.splitlines()" in reason and repr(label).replace("'", '"') in reason
+               for reason in sent_back)

@@ -408,6 +408,44 @@ async def test_a_rule_an_agent_proposes_reaches_another_team_agents_classify_pro
     assert result.answer == f"Label: {Counter(GOLD.values()).most_common(1)[0][0]}"
 
 
+async def test_labels_a_spot_check_rejected_are_labelled_by_three_votes_when_asked_for_again(tmp_path: Path) -> None:
+    """At temperature 0 the same classify call gets the same labels again (seen in the issue-12
+    benchmark: the rejected agent called classify again and proposed the same wrong counts).
+    In a Team, after a spot check rejects a partial, the agent's next classify call on the same
+    items makes three labellings and keeps the majority, so the new proposal can differ."""
+    sub_prompts: list[str] = []
+    checking = CheckingModel()
+
+    def script(messages: list[dict], role: str) -> str:
+        if role == "finalizer":
+            return counts_finalizer("Answer: {total['location']}")
+        if role == "verifier":
+            return checking(messages, role)
+        if role == "sub":  # a careless first labelling; the later votes label right
+            prompt = messages[-1]["content"]
+            sub_prompts.append(prompt)
+            return label_reply(prompt, lambda item: GOLD[item] if "(Labelling " in prompt else "entity")
+        if "'status': 'admitted'" in messages[-1]["content"]:
+            return 'Done.\n```repl\nanswer["content"] = "done"\nanswer["ready"] = True\n```'
+        return ("```repl\n" + f"check = '''{CHECK}'''\nexec(check)\n"
+                "print(propose('partial', f'count per label {dict(Counter(labels))}', value=dict(Counter(labels)), "
+                "check=check))\n```")
+
+    team = Team(ScriptedLM(script), agents=1, plan="split", spot_check_sample=4, max_iterations=4,
+                run_dir=tmp_path / "run")
+    result = await team.run("How many questions ask for a location? Answer in the form 'Answer: N'.", DOC)
+    assert result.status == "answered", result.error
+    store = RunStore(result.store_path)
+    (partial,) = store.list_gists(status="admitted", kinds="partial")
+    assert partial.value == dict(Counter(GOLD.values()))
+    assert result.answer == f"Answer: {list(GOLD.values()).count('location')}"
+    (rejection,) = [e for e in Trace.load(result.trace_path)
+                    if e.kind == "gist_rejected" and "re-labelling" in e.data["reason"]]
+    assert "labels each item 3 times" in rejection.data["reason"]
+    # One careless labelling (one batch), then three: the first again plus two votes.
+    assert len(sub_prompts) == 4 and sum("(Labelling " in p for p in sub_prompts) == 2
+
+
 def test_superseded_needs_its_winner_and_persists(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="superseded_by"):
         Gist(kind="fact", text="x", status=GistStatus.SUPERSEDED)

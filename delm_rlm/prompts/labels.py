@@ -23,7 +23,8 @@ SPOT_CHECK_REJECTED = (
     "the labels classify gave disagree with an independent re-labelling of {n} sampled items: "
     "agreement {agreement:.2f} (after votes on the disagreements), below the {threshold:.2f} "
     "required. Disagreements (item: your label -> re-labelled): {examples}. {rules}"
-    "Call classify again (it follows the team's labelling rules) and propose the new result."
+    "Call classify again on the same items and labels: now it labels each item {votes} times "
+    "and keeps the majority (and follows the team's labelling rules); propose the new result."
 )
 SPOT_CHECK_NEW_RULES = "Labelling rules added for everyone: {ids}. "
 

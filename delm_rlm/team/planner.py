@@ -88,6 +88,7 @@ def restore_plan(run: TeamRun) -> None:
     plan = run.store.get_meta("plan") or {}
     run.plan = plan.get("plan") or "split"
     run.whole_task = plan.get("whole_task")
+    run.labelling = bool(plan.get("labelling"))
     run.verifier.label_hint = list(plan.get("labels") or [])
     tolerance = None if plan.get("reading") else run.config.coverage_tolerance
     run.verifier.agreement = AgreementRules(run.context, chunk_tasks=set(run.chunks), tolerance=tolerance)

@@ -109,5 +109,5 @@ class Role(ABC):
         check_vars = chunk.repl_variables() if check is not None and chunk is not None else None
         return await run.verifier.verify(
             gist, source=run.chunk_text(chunk), check_vars=check_vars, require_check=False,
-            reject_empty=state.first_attempt,
+            reject_empty=run.rejects_empty(state),
         )

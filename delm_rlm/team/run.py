@@ -63,8 +63,7 @@ class AgentState:
 
     @property
     def first_attempt(self) -> bool:
-        """An empty partial gets one second look: rejected (with a hint) on the task's first
-        attempt, accepted on a retry, so a chunk that truly holds nothing costs one retry."""
+        """Whether the current task is on its first claim (see `TeamRun.rejects_empty`)."""
         return self.task is not None and self.task.attempts <= 1
 
 
@@ -93,6 +92,9 @@ class TeamRun:
     whole_task: str | None = None
     whole_answer: str | None = None
     replan: str | None = None
+    # The scout found no record states what the question asks about: every chunk's records
+    # must be labelled (classify), so a partial that matched nothing is never true.
+    labelling: bool = False
     methods: MethodGate | None = None  # shared methods (hybrid mode; verify/methods.py)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     finalize_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -123,6 +125,12 @@ class TeamRun:
         if chunk is not None:
             return chunk.text(self.docs, self.corpus.table)
         return self.corpus.value if isinstance(self.corpus.value, str) else "\n\n".join(self.docs)
+
+    def rejects_empty(self, state: AgentState) -> bool:
+        """Whether the gate sends back a partial that matched nothing (empty, or counts all
+        under None): always when the plan needs labels, else on a task's first attempt only
+        (so a chunk that truly holds nothing costs one retry)."""
+        return self.labelling or state.first_attempt
 
     def chunk_desc(self, chunk: Chunk | None) -> str:
         if chunk is None:

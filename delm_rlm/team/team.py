@@ -470,7 +470,7 @@ class Team:
             check_timeout=cfg.check_timeout, require_check_for_values=role_class.runs_code,
             spot_check_sample=cfg.spot_check_sample, spot_check_agreement=cfg.spot_check_agreement,
             max_label_rules=cfg.max_label_rules, votes=cfg.votes, resolve_conflicts=cfg.resolve_conflicts,
-            # list their categories in the first line, not in every question).
+            on_labels_rejected=lambda r: classifications.dispute(r.items, r.labels, r.instruction),
         )
         self.verifier = verifier
         # Methods are code: only a role that runs code shares them.

@@ -83,7 +83,7 @@ def register_team_tools(sb: Sandbox, run: TeamRun, state: AgentState) -> None:
         check_vars = chunk.repl_variables() if chunk is not None else {}
         verdict = await run.verifier.verify(
             gist, source=run.chunk_text(chunk) if chunk is not None else None,
-            check_vars=check_vars, reject_empty=state.first_attempt,
+            check_vars=check_vars, reject_empty=run.rejects_empty(state),
         )
         state.verdicts.append(verdict)
         reply = verdict.for_agent()

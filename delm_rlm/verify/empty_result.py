@@ -4,8 +4,9 @@ split on), is sent back once, with a hint that shows how to label and count the 
 
 A self-consistent check of an empty count proves only that the code matched nothing
 (typically a field the lines do not have), so passing the check would admit nothing true.
-The team asks for this stage on a task's first attempt only, so a truly empty chunk still
-gets in on the retry."""
+The team asks for this stage on a task's first attempt, so a truly empty chunk still gets in
+on the retry, and on every attempt when its plan says no record states what is asked (the
+records must be labelled, so "nothing matched" is never the chunk's true result)."""
 
 from __future__ import annotations
 

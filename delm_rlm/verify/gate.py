@@ -74,7 +74,13 @@ from delm_rlm.verify.form import CLAIM_KINDS, MAX_SUMMARY_CHARS, check_form
 from delm_rlm.verify.judge import JUDGE_SOURCE_CHARS, judge_claim
 from delm_rlm.verify.label_rules import label_rules
 from delm_rlm.verify.quotes import QUOTE_SLACK_CHARS, check_quote
-from delm_rlm.verify.spot_check import DEFAULT_MAX_RULES, DEFAULT_MIN_AGREEMENT, ReplayWatcher, SpotChecker
+from delm_rlm.verify.spot_check import (
+    DEFAULT_MAX_RULES,
+    DEFAULT_MIN_AGREEMENT,
+    ReplayedLabels,
+    ReplayWatcher,
+    SpotChecker,
+)
 from delm_rlm.verify.substance import unsupported
 from delm_rlm.verify.verdict import Rejection, Verdict, VerificationStats
 
@@ -108,7 +114,8 @@ class Verifier:
     `spot_check_agreement` (0.75) is the settled agreement a claim needs; `max_label_rules`
     (3) rules one spot check may propose; `votes` (3, odd) independent verifier calls settle
     each label dispute and each conflict; `resolve_conflicts` (True) looks for conflicts
-    after every admission.
+    after every admission; `on_labels_rejected` is told each classification a claim the
+    spot check rejected rests on.
     """
 
     # The agreement stage (verify.agreement: partials agree on schema and cover their
@@ -137,6 +144,7 @@ class Verifier:
         votes: int = DEFAULT_VOTES,
         resolve_conflicts: bool = True,
         float_tolerance: float = FLOAT_TOLERANCE,
+        on_labels_rejected: Callable[[ReplayedLabels], None] | None = None,
     ) -> None:
         if quote_slack < 0:
             raise ConfigError(f"quote_slack must be >= 0 characters, got {quote_slack!r}")
@@ -165,6 +173,7 @@ class Verifier:
             votes=check_vote_count(votes), max_rules=max_label_rules,
             rules=lambda: label_rules(self.context)(),  # the context this verifier writes now
             propose=lambda rule, source: self.verify(rule, source=source), trace=trace, stats=self.stats,
+            on_rejected=on_labels_rejected,
         )
         self.conflicts = ConflictResolver(
             self.checks, lm=lm, votes=votes, trace=trace, stats=self.stats, enabled=resolve_conflicts,

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from delm_rlm import prompts
-from delm_rlm.classify import RulesSource, check_arguments, label_votes, majority
+from delm_rlm.classify import DISPUTED_VOTES, RulesSource, check_arguments, label_votes, majority
 from delm_rlm.errors import ConfigError, LMError
 from delm_rlm.gists import Gist, GistKind
 from delm_rlm.trace import Trace
@@ -147,7 +147,9 @@ class SpotChecker:
     `votes`: independent labellings that decide each dispute (0: none, disputes stay
     undecided and agreement is the plain one); `max_rules`: rules one check may propose;
     `rules`: the labelling rules the re-labelling shows (the same ones the agents' calls
-    show); `propose`: how a rule enters the shared context (the gate's own `verify`)."""
+    show); `propose`: how a rule enters the shared context (the gate's own `verify`);
+    `on_rejected`: told each classification a rejected claim rests on (the team's log then
+    labels those items by several votes when the agent asks again)."""
 
     def __init__(
         self,
@@ -162,6 +164,7 @@ class SpotChecker:
         propose: Propose | None = None,
         trace: Trace | None = None,
         stats: VerificationStats | None = None,
+        on_rejected: Callable[[ReplayedLabels], None] | None = None,
     ) -> None:
         if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
             raise ConfigError(f"spot_check_sample must be a whole number >= 0 (0: off), got {sample!r}")
@@ -179,6 +182,7 @@ class SpotChecker:
         self.propose = propose
         self.trace = trace
         self.stats = stats if stats is not None else VerificationStats()
+        self.on_rejected = on_rejected
 
     @property
     def enabled(self) -> bool:
@@ -256,6 +260,9 @@ class SpotChecker:
                             gist_id=gist.id, **report.model_dump(mode="json"))
         if not report.passed:
             self.stats.spot_check_rejections += 1
+            if self.on_rejected is not None:
+                for replay in replays:
+                    self.on_rejected(replay)
             raise Rejection("labels", self._reason(report), spot_check=report)
         return report
 
@@ -297,5 +304,5 @@ class SpotChecker:
         new_rules = prompts.SPOT_CHECK_NEW_RULES.format(ids=", ".join(report.rule_ids)) if report.rule_ids else ""
         return prompts.SPOT_CHECK_REJECTED.format(
             n=len(report.sample), agreement=report.settled_agreement, threshold=report.min_agreement,
-            examples=examples or "(none)", rules=new_rules,
+            examples=examples or "(none)", rules=new_rules, votes=DISPUTED_VOTES,
         )
