@@ -102,6 +102,40 @@ def test_agreement_rules_stated_in_code() -> None:
     assert schema_problem({"2024-05-03": 4}, [{"2024-05-01": 3}, {"2024-05-02": 2}, {"2024-05-02": 1, "2024-05-01": 1}]) is None
 
 
+SERVICE_LOG = "".join(f"2024-05-0{i % 9 + 1} svc={'api' if i % 2 else 'db'} msg=request {i} took {i * 7} ms\n"
+              for i in range(160))  # what makes a line urgent is in no field: it must be labelled
+
+
+async def test_where_records_must_be_labelled_counts_are_keyed_by_labels_or_field_values(tmp_path: Path) -> None:
+    """Seen in the issue-12 benchmark on unlabelled lines: `line.split(label)[1]` counted
+    fragments of the text ({"'.": 2, None: 181, 'AIDS stand for ?': 1, ...}); its check
+    reprinted it faithfully. Under a plan whose records need labels, keys must be labels or
+    values a record states (L1), and label counts must label the records (L2)."""
+    from delm_rlm.team.scout import stated_values
+
+    store = RunStore(tmp_path / "store.sqlite")
+    context = SharedContext(store, [SERVICE_LOG])
+    verifier = Verifier(context, [SERVICE_LOG], trace=Trace(tmp_path / "trace.jsonl"), judge=False,
+                        sandbox_factory=lambda: make_sandbox("local"))
+    verifier.agreement = AgreementRules(context, chunk_tasks={"t1"}, labels=["urgent", "routine"],
+                                        field_values=stated_values)
+    async with verifier:
+        fragments = await verifier.verify(_partial("t1", {None: 150, "took 7 ms": 5, "ms": 5}), source=SERVICE_LOG,
+                                          require_check=False)
+        unlabelled = await verifier.verify(_partial("t1", {"urgent": 6, "routine": 4, None: 150}), source=SERVICE_LOG,
+                                           require_check=False)
+    assert fragments.status == "rejected" and fragments.stage == "agreement"
+    assert "'took 7 ms', 'ms' are neither labels" in fragments.reason and "'urgent', 'routine'" in fragments.reason
+    assert "classify(records" in fragments.reason
+    assert unlabelled.status == "rejected" and "150 of the chunk's 160 records are counted under None" in unlabelled.reason
+    assert "at most 16 may be" in unlabelled.reason
+    rules = verifier.agreement
+    assert rules.problem({"api": 80, "DB": 80}, SERVICE_LOG) is None  # a field's values (case aside) are categories
+    assert rules.problem({"urgent": 40, "Routine": 118, None: 2}, SERVICE_LOG) is None
+    # Where the records state what is asked (no labelling plan), the rules are off.
+    assert AgreementRules(context, chunk_tasks={"t1"}).problem({None: 150, "ms": 10}, SERVICE_LOG) is None
+
+
 def test_the_finalizer_checks_refuse_mixed_schemas_and_name_the_missing_key() -> None:
     parts = [Gist(id=f"g{i}", kind=GistKind.PARTIAL, text=f"t{i}", value=v, provenance=Provenance(task_id=f"t{i}"))
              for i, v in enumerate([{"entity": 3, "location": 2}, {"entity": 1}, 27], start=1)]

@@ -470,6 +470,17 @@ VERIFY_OUTSIDE_VOCABULARY = (
     "the keys {mine} share none with the keys the team's {n} admitted partials use "
     "({keys}): count under the same keys (a key your chunk lacks counts 0)"
 )
+VERIFY_NOT_LABELS = (
+    "the keys {keys} are neither labels the question or the corpus names ({labels}) nor values "
+    "a record of the chunk states in a field: no record here states what is asked, so label "
+    "the chunk's {lines} records with classify(records, [the labels]) and count the labels "
+    "(or count a field's values, as written there)"
+)
+VERIFY_UNLABELLED = (
+    "{unlabelled} of the chunk's {records} records are counted under None (no label); at most "
+    "{slack} may be: every record needs a label here. Label them all with classify(records, "
+    "[the labels]) (records it leaves None: classify those again) and count the labels"
+)
 VERIFY_LOW_COVERAGE = (
     "the counts add up to {counted}, but the chunk has {records} records (non-empty lines): "
     "counts per key must account for at least {floor} of them (tolerance {percent}% of the "

@@ -16,7 +16,7 @@ from typing import Any
 from delm_rlm import prompts
 from delm_rlm.chunking import Chunk, team_split
 from delm_rlm.team.run import TeamRun
-from delm_rlm.team.scout import NeedsReading, PlanChoice, choose_plan
+from delm_rlm.team.scout import NeedsReading, PlanChoice, choose_plan, stated_values
 from delm_rlm.verify import AgreementRules
 
 WHOLE_GOAL = "Answer the team question over the whole corpus (chunk == context) with one program."
@@ -91,7 +91,11 @@ def restore_plan(run: TeamRun) -> None:
     run.labelling = bool(plan.get("labelling"))
     run.verifier.label_hint = list(plan.get("labels") or [])
     tolerance = None if plan.get("reading") else run.config.coverage_tolerance
-    run.verifier.agreement = AgreementRules(run.context, chunk_tasks=set(run.chunks), tolerance=tolerance)
+    labelling = run.labelling and not plan.get("reading")
+    run.verifier.agreement = AgreementRules(
+        run.context, chunk_tasks=set(run.chunks), tolerance=tolerance,
+        labels=list(plan.get("labels") or []) if labelling else (), field_values=stated_values if labelling else None,
+    )
     if run.methods is not None:
         run.methods.agreement = run.verifier.agreement
 

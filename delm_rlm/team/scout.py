@@ -112,6 +112,26 @@ def line_fields(line: str) -> dict[str, str]:
     return out
 
 
+_CELL = re.compile(r"\s*(?:\|\||[|,;\t])\s*")
+_AFTER_KEY = re.compile(r"^[^:=]{1,40}[:=]\s*")
+
+
+def stated_values(text: str) -> set[str]:
+    """What the records of `text` state as values, folded (case and runs of spaces ignored):
+    their fields' values (`line_fields`) and their whole delimited cells, with and without a
+    leading "key: " (CSV rows, rendered table rows). A category a count is keyed by is one of
+    these when it is not a label."""
+    out: set[str] = set()
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        cells = [c for c in _CELL.split(line.strip()) if c]
+        found = [*line_fields(line).values(), *cells, *(_AFTER_KEY.sub("", c) for c in cells)]
+        out.update(" ".join(str(v).casefold().split()) for v in found)
+    out.discard("")
+    return out
+
+
 @dataclass
 class RecordProfile:
     """What the scout saw of a corpus: sampled records with their fields, and the header."""

@@ -27,6 +27,14 @@ Coverage, for counts of whole numbers over a chunk of records (its non-empty lin
      coverage: it may count a subset ("how many are X" -> 27 of 160). Coverage is off
      (tolerance None) for corpora that must be read (documents, not records).
 
+Labels, where the plan says no record states what is asked (the records must be labelled,
+`labelling`), for counts over a chunk with the labels the question or corpus names (2 or more):
+  L1 each key other than None must be one of those labels or a value one of the chunk's records
+     states in a field (`field_values`, e.g. a user id): a fragment of a record's text
+     (`line.split("abbreviation")[1]`) is neither;
+  L2 counts keyed by labels must label the chunk's records: those under None (no label) may
+     be at most the coverage slack (C1's).
+
 Finalization (team/finalizer.py) repeats S1, S2 and S4 over every admitted partial with
 `disagreement`, and refuses a count read of a key that partials lack without accounting for
 all their records (C1 failing or unknown): `lacking_keys` names them.
@@ -36,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -112,6 +120,7 @@ def describe_shape(value: Any) -> str:
 
 
 def _fold(key: str) -> str:
+    """A key as spellings, labels and field values compare: case and runs of spaces ignored."""
     return " ".join(key.casefold().split())
 
 
@@ -163,15 +172,43 @@ def coverage_problem(value: Any, records: int, tolerance: float | None) -> str |
     )
 
 
+def labelling_problem(value: Any, records: int, labels: Sequence[str], stated: Callable[[], set[str]],
+                      tolerance: float) -> str | None:
+    """Why counts over a chunk whose records must be labelled break L1 or L2, or None.
+    `stated()` gives the chunk's field values, folded (asked for only when a key needs it)."""
+    if len(labels) < 2 or count_shape(value) != "counts":
+        return None
+    allowed = {_fold(label) for label in labels}
+    keys = [k for k in keys_of(value) if k != "None"]
+    odd = [k for k in keys if _fold(k) not in allowed]
+    if odd:
+        values = stated()
+        odd = [k for k in odd if _fold(k) not in values]
+        if odd:
+            return prompts.VERIFY_NOT_LABELS.format(
+                keys=shown_keys(odd), labels=shown_keys(labels), lines=records)
+    unlabelled = sum(int(v) for k, v in value.items() if key_name(k) == "None")
+    slack = records - coverage_floor(records, tolerance)
+    if keys and all(_fold(k) in allowed for k in keys) and unlabelled > slack:
+        return prompts.VERIFY_UNLABELLED.format(unlabelled=unlabelled, records=records, slack=slack)
+    return None
+
+
 @dataclass
 class AgreementRules:
     """The agreement stage of one run: which tasks are chunk tasks (the team sets them when
     it plans), the coverage tolerance (None: off), and the shared context to read the
-    admitted partials from. `Verifier.agreement` holds it (None: the stage is off)."""
+    admitted partials from. `Verifier.agreement` holds it (None: the stage is off).
+
+    `labels` (the ones the question or corpus names) and `field_values` (a chunk's text ->
+    the values its records state in fields, folded) turn on rules L1-L2 for a plan whose
+    records must be labelled; the team, which knows how records carry fields, gives both."""
 
     context: SharedContext
     chunk_tasks: set[str] = field(default_factory=set)
     tolerance: float | None = COVERAGE_TOLERANCE
+    labels: Sequence[str] = ()
+    field_values: Callable[[str], set[str]] | None = None
 
     def applies(self, task_id: str | None) -> bool:
         return task_id is not None and task_id in self.chunk_tasks
@@ -185,7 +222,12 @@ class AgreementRules:
     def problem(self, value: Any, source: str | None, exclude: str | None = None) -> str | None:
         """Why a chunk partial `value` about `source` does not agree (schema, then coverage)."""
         found = schema_problem(value, [g.value for g in self.reference(exclude)])
-        return found or coverage_problem(value, count_records(source), self.tolerance)
+        records = count_records(source)
+        found = found or coverage_problem(value, records, self.tolerance)
+        if found is None and self.field_values is not None and self.tolerance is not None:
+            values = self.field_values
+            found = labelling_problem(value, records, self.labels, lambda: values(source or ""), self.tolerance)
+        return found
 
     def check(self, gist: Gist, source: str | None) -> None:
         """Raise a `Rejection` (recorded as a FAILURE gist) when `gist`, a partial of a chunk
