@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -127,6 +128,10 @@ async def bench(args: argparse.Namespace, console: Console) -> Path:
                             team=parse_team_options(args.team))
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()] if args.sizes else []
     lm = LM(args.model)
+    # A fresh response cache per method and per invocation (see arun_eval): no method is
+    # served replies another method (or an earlier run) paid for; "shared" keeps LM's own.
+    fresh = tempfile.TemporaryDirectory(prefix="delm-bench-cache-") if args.cache == "fresh" else None
+    cache_dir = fresh.name if fresh is not None else None
     try:
         for size in sizes:
             tasks = oolong_tasks(Path(args.pool), [size], args.windows, args.questions, args.seed, args.variants)
@@ -134,6 +139,7 @@ async def bench(args: argparse.Namespace, console: Console) -> Path:
             await arun_eval(
                 "oolong", None, methods, args.model, None, args.out, args.concurrency, lm=lm, tasks=tasks,
                 options=options, timeout_s=args.timeout, console=console, order=args.order,
+                fresh_cache_dir=cache_dir,
             )
         if args.longbench:
             tasks = longbench_tasks(Path(args.longbench_data), args.longbench)
@@ -141,9 +147,12 @@ async def bench(args: argparse.Namespace, console: Console) -> Path:
             await arun_eval(
                 "longbench", None, methods, args.model, None, args.out, args.concurrency, lm=lm, tasks=tasks,
                 options=options, timeout_s=args.timeout, console=console, order=args.order,
+                fresh_cache_dir=cache_dir,
             )
     finally:
         await lm.aclose()
+        if fresh is not None:
+            fresh.cleanup()
     return Path(args.out)
 
 
@@ -167,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--team", action="append", default=[], metavar="KEY=VALUE",
                         help="a Team(...) argument for delm and hybrid, e.g. spot_check_sample=0 (repeatable); "
                         "write variants to their own --out file: rows are keyed by task and method")
+    parser.add_argument("--cache", choices=("fresh", "shared"), default="fresh",
+                        help="fresh: each method gets an empty response cache of its own for this run (default); "
+                        "shared: the model's usual cache, replies reused across methods and runs")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--order", choices=("task", "method"), default="method",
                         help="method: each method runs all its tasks in a row (the local server reuses a shared prompt prefix)")

@@ -89,6 +89,7 @@ def run_eval(
     timeout_s: float | None = None,
     console: Console | None = None,
     progress: bool = True,
+    fresh_cache_dir: str | Path | None = None,
 ) -> Path:
     """Run `methods` on the tasks of `bench` and append rows to `out`; returns `out`.
 
@@ -97,12 +98,15 @@ def run_eval(
     LM (`LM(model)`) unless `lm` is given; the row's `model` column is `model` either way.
     `concurrency` bounds the (task, method) pairs in flight. `retry_errors` reruns pairs
     whose stored row is an error. `timeout_s` stops one pair after that many seconds (an
-    error row). `order` is "task" (every method on a task, then the next task) or "method". Blocking; see `arun_eval` inside an event loop.
+    error row). `order` is "task" (every method on a task, then the next task) or "method".
+    `fresh_cache_dir` gives each method a response cache of its own there (see `arun_eval`).
+    Blocking; see `arun_eval` inside an event loop.
     """
     return asyncio.run(
         arun_eval(
             bench, data, methods, model, limit, out, concurrency, lm=lm, tasks=tasks, labels=labels, options=options, order=order,
             retry_errors=retry_errors, timeout_s=timeout_s, console=console, progress=progress,
+            fresh_cache_dir=fresh_cache_dir,
         )
     )
 
@@ -125,7 +129,13 @@ async def arun_eval(
     timeout_s: float | None = None,
     console: Console | None = None,
     progress: bool = True,
+    fresh_cache_dir: str | Path | None = None,
 ) -> Path:
+    """Run `methods` on the bench's tasks into the JSONL file `out`, resuming what is there.
+
+    `fresh_cache_dir`: each method's calls read and write a response cache of its own
+    there (`<method>.sqlite`) instead of `lm`'s, so no method is served replies another
+    method's run paid for (benchmarks give it an empty directory: a fresh cache per run)."""
     from evals.methods import parse_methods
 
     method_names = parse_methods(methods)  # unknown names fail here, before any work
@@ -190,7 +200,14 @@ async def arun_eval(
 
             async def one(task: Task, method: str) -> None:
                 async with semaphore:
-                    row = await run_pair(bench, task, method, model, lm, options=options, timeout_s=timeout_s)
+                    method_lm = lm if fresh_cache_dir is None else lm.session(
+                        cache_path=Path(fresh_cache_dir) / f"{method}.sqlite")
+                    try:
+                        row = await run_pair(bench, task, method, model, method_lm, options=options,
+                                             timeout_s=timeout_s)
+                    finally:
+                        if method_lm is not lm:
+                            method_lm.close_cache()
                 # One write per row, flushed: a killed run loses at most the row being written.
                 sink.write(row.model_dump_json() + "\n")
                 sink.flush()

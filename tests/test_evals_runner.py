@@ -223,3 +223,21 @@ def test_every_row_records_its_run_directory(oolong_tasks: list[Task], tmp_path:
     (row,) = run(oolong_tasks[:1], tmp_path / "rows.jsonl", lm, methods="direct")
     run_dir = Path(row.detail["run_dir"])
     assert run_dir.parent == tmp_path / "runs" and (run_dir / "trace.jsonl").is_file()
+
+
+def test_a_fresh_cache_dir_gives_each_method_its_own_empty_cache(oolong_tasks: list[Task], tmp_path: Path) -> None:
+    """With the LM's own cache warm from an earlier run, a benchmark that passes an empty
+    fresh_cache_dir pays for every call again (nothing served from the shared cache), and
+    each method writes its own cache file there."""
+    lm = ScriptedLM(answer_label, cache=tmp_path / "shared.sqlite")
+    run(oolong_tasks, tmp_path / "warm.jsonl", lm, methods="direct,orchestrator")
+    warm_calls = lm.transport_calls
+    rows = run(oolong_tasks, tmp_path / "fresh.jsonl", lm, methods="direct,orchestrator",
+               fresh_cache_dir=tmp_path / "fresh")
+    assert lm.transport_calls == 2 * warm_calls
+    assert len(rows) == 6 and all(r.status == "answered" for r in rows)
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir() if p.suffix == ".sqlite") == [
+        "direct.sqlite", "orchestrator.sqlite"]
+    # Without it the same run is served from the warm shared cache.
+    run(oolong_tasks, tmp_path / "shared.jsonl", lm, methods="direct,orchestrator")
+    assert lm.transport_calls == 2 * warm_calls

@@ -24,6 +24,7 @@ import pytest
 from delm_rlm.errors import LMError
 from delm_rlm.llm.cache import ResponseCache
 from delm_rlm.llm.gateway import LM
+from delm_rlm.llm.scripted import ScriptedLM
 from delm_rlm.llm.usage import Budget, Usage
 from delm_rlm.llm.prices import price_for, register_price
 
@@ -404,3 +405,22 @@ async def test_a_retried_step_has_the_same_call_key_in_the_trace(tmp_path: Path)
         assert all(isinstance(k, str) and len(k) == 16 for k in keys), keys
         assert keys[0] == keys[1] != keys[2]
         assert [e.data.get("cached") for e in calls] == ([False] * 3 if not cache else [False, True, False])
+
+
+async def test_a_session_with_its_own_cache_path_neither_reads_nor_writes_the_shared_cache(tmp_path: Path) -> None:
+    """Benchmarks give each method a fresh cache (evals.runner fresh_cache_dir): a reply one
+    method paid for must not be served to another as a free, zero-second call."""
+    lm = ScriptedLM(lambda messages, role: "reply", cache=tmp_path / "shared.sqlite")
+    await lm.complete("same prompt")  # now in the shared cache
+    first = lm.session(cache_path=tmp_path / "a.sqlite")
+    a1, a2 = await first.complete("same prompt"), await first.complete("same prompt")
+    second = lm.session(cache_path=tmp_path / "b.sqlite")
+    inner = second.session()  # a session of the view keeps the view's cache
+    b1 = await inner.complete("same prompt")
+    assert (a1.cached, a2.cached, b1.cached) == (False, True, False)
+    assert lm.transport_calls == 3
+    assert len(ResponseCache(tmp_path / "shared.sqlite")) == 1
+    assert len(ResponseCache(tmp_path / "a.sqlite")) == len(ResponseCache(tmp_path / "b.sqlite")) == 1
+    for view in (first, second, inner):
+        view.close_cache()
+    assert (await lm.complete("same prompt")).cached  # the LM's own cache stays open

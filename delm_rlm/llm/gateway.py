@@ -235,13 +235,20 @@ class LM:
 
     # ------------------------------------------------------------------ views
 
-    def session(self, budget: Budget | None = None) -> LM:
+    def session(self, budget: Budget | None = None, *, cache_path: str | Path | None = None) -> LM:
         """A view sharing transport, cache and concurrency limit, with its own ledger, budget,
         observers and clock; its usage also counts in this LM (and its parents). A budget with
-        max_usd for a model without a known price is refused here (see check_budget)."""
+        max_usd for a model without a known price is refused here (see check_budget).
+
+        `cache_path`: this view (and its own sessions) read and write the response cache at
+        that path instead of the shared one, e.g. a fresh cache per method in a benchmark, so
+        that no method is served replies another one paid for. Calls routed to another LM
+        keep that LM's cache. Close it with `close_cache()`."""
         self.check_budget(budget)
         child = object.__new__(type(self))
         child.__dict__.update(self.__dict__)
+        if cache_path is not None:
+            child._cache = open_cache(cache_path, 0.0)
         child._parent = self
         child._budget = budget or Budget()
         child._ledger = UsageLedger()
@@ -250,6 +257,12 @@ class LM:
         child._started = time.monotonic()
         child._pending = 0
         return child
+
+    def close_cache(self) -> None:
+        """Close the connection of this view's response cache (one `session(cache_path=...)`
+        opened); the LM's own cache closes with `aclose`."""
+        if self._cache is not None and (self._parent is None or self._cache is not self._parent._cache):
+            self._cache.close()
 
     def _chain(self) -> list[LM]:
         views: list[LM] = []
