@@ -374,12 +374,10 @@ class PostgresTx:
 
     def append_classification(self, record: ClassificationRecord) -> None:
         # Appends read nothing, so they need no run lock.
-        items = None if record.items is None else json.dumps(record.items, ensure_ascii=False)
         self.execute(
             "INSERT INTO delm_rlm.classifications(run_id, key, labels, instruction, result, items) "
             "VALUES (%s, %s, %s, %s, %s, %s)",
-            (self._run, record.key, json.dumps(record.labels, ensure_ascii=False),
-             record.instruction, json.dumps(record.result, ensure_ascii=False), items),
+            (self._run, *record.stored_columns()),
             lock=None,
         )
 
@@ -389,13 +387,7 @@ class PostgresTx:
             "WHERE run_id = %s ORDER BY seq",
             (self._run,),
         ).fetchall()
-        return [
-            ClassificationRecord(
-                key=key, labels=json.loads(labels), instruction=text, result=json.loads(result),
-                items=None if items is None else json.loads(items),
-            )
-            for key, labels, text, result, items in rows
-        ]
+        return [ClassificationRecord.from_stored(*row) for row in rows]
 
     def blob_info(self, name: str) -> BlobInfo:
         row = self.execute(

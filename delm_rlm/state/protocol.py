@@ -26,6 +26,7 @@ write, inside one transaction, and rely on it):
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -115,6 +116,20 @@ class ClassificationRecord(BaseModel):
     instruction: str
     result: list[str | None]
     items: list[str] | None = None
+
+    def stored_columns(self) -> tuple[str, str, str, str, str | None]:
+        """(key, labels, instruction, result, items) as every store keeps them: the lists as
+        JSON text, items NULL where they were not kept."""
+        items = None if self.items is None else json.dumps(self.items, ensure_ascii=False)
+        return (self.key, json.dumps(self.labels, ensure_ascii=False), self.instruction,
+                json.dumps(self.result, ensure_ascii=False), items)
+
+    @classmethod
+    def from_stored(cls, key: str, labels: str, instruction: str, result: str,
+                    items: str | None) -> ClassificationRecord:
+        """The record back from the columns `stored_columns` wrote."""
+        return cls(key=key, labels=json.loads(labels), instruction=instruction,
+                   result=json.loads(result), items=None if items is None else json.loads(items))
 
 
 MAX_BLOB_NAME_CHARS = 200

@@ -5,7 +5,6 @@ report or an evaluation can see what the model said about each item, not only th
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 from delm_rlm.state.protocol import ClassificationRecord
@@ -22,11 +21,9 @@ def migrate_v4_to_v5(conn: sqlite3.Connection) -> None:
 
 
 def append_classification(conn: sqlite3.Connection, record: ClassificationRecord) -> None:
-    items = None if record.items is None else json.dumps(record.items, ensure_ascii=False)
     conn.execute(
         "INSERT INTO classifications(key, labels, instruction, result, items) VALUES (?, ?, ?, ?, ?)",
-        (record.key, json.dumps(record.labels, ensure_ascii=False), record.instruction,
-         json.dumps(record.result, ensure_ascii=False), items),
+        record.stored_columns(),
     )
 
 
@@ -34,10 +31,4 @@ def classifications(conn: sqlite3.Connection) -> list[ClassificationRecord]:
     rows = conn.execute(
         "SELECT key, labels, instruction, result, items FROM classifications ORDER BY seq"
     ).fetchall()
-    return [
-        ClassificationRecord(
-            key=key, labels=json.loads(labels), instruction=text, result=json.loads(result),
-            items=None if items is None else json.loads(items),
-        )
-        for key, labels, text, result, items in rows
-    ]
+    return [ClassificationRecord.from_stored(*row) for row in rows]
