@@ -37,6 +37,7 @@ from delm_rlm.methods import (
     get_method,
     parse_methods,
 )
+from evals.evidence import answer_evidence
 from evals.labels import task_label_accuracy
 
 if TYPE_CHECKING:
@@ -153,8 +154,13 @@ async def solve(name: str, task: Task, lm: LM, options: MethodOptions | None = N
     options = options or MethodOptions()
     method = get_method(name)(options.model_copy(update={"answer_tokens": default_answer_tokens(task, options)}))
     run_dir = new_run_dir()
-    run = await method.answer(question_for(task), lm, run_dir=run_dir)
+    question = question_for(task)
+    run = await method.answer(question, lm, run_dir=run_dir)
     detail = {**run.detail, "run_dir": str(run_dir)}
+    if task.scorer == "longbench":  # reading questions: did the answer rest on text it read?
+        evidence = answer_evidence(name, run.result.trace, question.corpus.docs)
+        if evidence is not None:
+            detail["evidence"] = evidence
     labels = task_label_accuracy(task, run.classifications)
     if labels is not None:  # the run labelled with classify(): how right those labels were
         detail["labels"] = labels

@@ -7,7 +7,8 @@
   dollars per task and accuracy per dollar ("free (local)" for the offline model, "n/a" when a
   price is unknown: never a division by zero);
 - OOLONG: score by context length, by task group and by window variant (labelled or not);
-- LongBench-v2: accuracy overall / easy / hard / short / medium / long;
+- LongBench-v2: accuracy overall / easy / hard / short / medium / long, and how often an
+  answer rested on evidence read from the documents (`evals.evidence`), with its cost;
 - a PNG plot of score against context length, one line per method (needs the `report`
   extra: matplotlib). Methods whose points coincide are drawn side by side, each with its
   own marker, and the shared point is labelled with their names, so no line hides another.
@@ -150,6 +151,7 @@ def build_report(rows: Sequence[ResultRow]) -> Report:
         report.tables.append(
             _grouped_table("LongBench-v2: accuracy", longbench, methods, list(LONGBENCH_COLUMNS))
         )
+        report.tables.append(evidence_table(longbench, methods))
     return report
 
 
@@ -219,6 +221,37 @@ def label_table(rows: Sequence[ResultRow], methods: Sequence[str]) -> ReportTabl
         caption="label accuracy: share of labelled lines whose final label is the true one; lines "
         "labelled: share of the window's lines some call labelled; a task whose run never called "
         "classify (e.g. labels read from the text, or asked with llm_query) is not measured.",
+    )
+
+
+def evidence_table(rows: Sequence[ResultRow], methods: Sequence[str]) -> ReportTable:
+    """LongBench-v2: how often an answer rested on evidence read from the documents
+    (`evals.evidence`), beside what the items cost."""
+    table_rows: list[list[str]] = []
+    for method in methods:
+        mine = [r for r in rows if r.method == method]
+        if not mine:
+            continue
+        judged = [r.detail["evidence"] for r in mine if isinstance(r.detail.get("evidence"), dict)]
+        read = sum(1 for e in judged if e.get("read"))
+        read_right = sum(1 for r in mine if (r.detail.get("evidence") or {}).get("read") and r.score >= 1.0)
+        table_rows.append([
+            method,
+            str(len(mine)),
+            f"{read} of {len(judged)}" if judged else "-",
+            f"{read_right} of {read}" if judged and read else "-",
+            f"{_mean(r.input_tokens for r in mine):,.0f}",
+            f"{_mean(r.calls for r in mine):.1f}",
+            f"{_mean(r.seconds for r in mine):.1f}",
+        ])
+    return ReportTable(
+        title="LongBench-v2: answers resting on read evidence, and cost",
+        columns=["method", "items", "rested on read evidence", "of those right", "tokens in/item",
+                 "calls/item", "s/item"],
+        rows=table_rows,
+        caption="rested on read evidence: team answers from an admitted gist whose quote is found in the "
+        "documents; rlm answers after an llm_query call or printing a passage of them; direct and "
+        "orchestrator put the text in the prompt and are not judged (-).",
     )
 
 

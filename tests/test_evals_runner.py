@@ -167,7 +167,10 @@ def test_report_renders_tables_markdown_and_png(tmp_path: Path) -> None:
         _row(task_id="b", method="rlm", score=1.0, context_len=32768, task_group="user", variant="labelled", dollars=0.0),
         _row(bench="longbench", task_id="q1", score=1.0, difficulty="easy", length="short", model="gpt-5", dollars=0.02),
         _row(bench="longbench", task_id="q2", score=0.0, difficulty="hard", length="long", model="gpt-5", dollars=0.02),
-        _row(bench="longbench", task_id="q1", method="rlm", score=1.0, difficulty="easy", length="short", model="x", dollars=None),
+        _row(bench="longbench", task_id="q1", method="rlm", score=1.0, difficulty="easy", length="short", model="x", dollars=None,
+             input_tokens=900, detail={"evidence": {"read": True, "how": "1 llm_query call(s)", "gist_ids": []}}),
+        _row(bench="longbench", task_id="q2", method="rlm", score=0.0, difficulty="hard", length="long", model="x", dollars=None,
+             input_tokens=100, detail={"evidence": {"read": False, "how": "no llm_query call", "gist_ids": []}}),
     ]
     results.write_text("\n".join(lines) + "\n")
     console = Console(record=True, width=200)
@@ -181,6 +184,7 @@ def test_report_renders_tables_markdown_and_png(tmp_path: Path) -> None:
         "OOLONG: score by window variant",
         "OOLONG: labels given by classify() against the window's true labels",
         "LongBench-v2: accuracy",
+        "LongBench-v2: answers resting on read evidence, and cost",
     ]
     by_title = {t.title: t for t in report.tables}
     assert by_title["OOLONG: score by context length"].columns == ["method", "8K", "32K", "all"]
@@ -190,6 +194,8 @@ def test_report_renders_tables_markdown_and_png(tmp_path: Path) -> None:
     lb = by_title["LongBench-v2: accuracy"]
     assert lb.columns == ["method", "overall", "easy", "hard", "short", "medium", "long"]
     assert lb.rows[0] == ["direct", "50.0 (2)", "100.0 (1)", "0.0 (1)", "100.0 (1)", "-", "0.0 (1)"]
+    evidence = by_title["LongBench-v2: answers resting on read evidence, and cost"]
+    assert evidence.rows == [["direct", "2", "-", "-", "0", "0.0", "0.0"], ["rlm", "2", "1 of 2", "1 of 1", "500", "0.0", "0.0"]]
     summary = {(r[0], r[1]): r for r in by_title["Summary per method"].rows}
     assert summary[("direct", "oolong")][-2:] == ["free (local)", "free (local)"]  # never 1/0
     assert summary[("direct", "longbench")][-2:] == ["$0.0200", "2,500.0"]  # 50 points / $0.02
