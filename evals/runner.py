@@ -139,6 +139,7 @@ async def arun_eval(
     from evals.methods import parse_methods
 
     method_names = parse_methods(methods)  # unknown names fail here, before any work
+    code_version()  # the code imported now is the code every row of this process comes from
     if concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
     if tasks is None:
@@ -271,10 +272,12 @@ async def run_pair(
 
 
 @functools.cache
+@functools.cache
 def code_version() -> str:
     """The code that ran: `git describe --always --dirty` of the checkout delm-rlm is
     imported from (a results file may mix rows from several commits; a resumed run shows
-    it), else the installed package version."""
+    it), else the installed package version. Read once per process, when its first eval
+    starts: a commit made while a long benchmark runs is not the code its rows came from."""
     root = Path(__file__).resolve().parent.parent
     try:
         done = subprocess.run(

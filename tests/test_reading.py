@@ -242,6 +242,32 @@ async def test_delm_reading_team_end_to_end_and_unfold_from_gist_to_summary_to_r
     assert not any(t in text for text in script.seen for t in COUNTING_TEMPLATES)
 
 
+class OverclaimingReaders(DelmReaders):
+    """Every gist about the amendment claims a figure no quote holds, and is rejected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.amendment_gist_prompts: list[str] = []
+
+    def __call__(self, messages: list[dict], role: str) -> str:
+        if role == "root" and "1,520 euros" in messages[-1]["content"]:
+            self.amendment_gist_prompts.append(messages[-1]["content"])
+            aid = points_of(messages[-1]["content"])[0][0]
+            return json.dumps({"gist": f"The notice is 45 days [{aid}].", "anchors": [aid]})
+        return super().__call__(messages, role)
+
+
+async def test_a_rejected_gist_is_retried_with_a_prompt_that_differs_each_time(tmp_path: Path) -> None:
+    """At temperature 0 (or from the response cache) the prompt just rejected gives the
+    rejected reply again: every retry's note changes with the rejections so far."""
+    script = OverclaimingReaders()
+    await Team(ScriptedLM(script), agents=1, mode="delm", max_attempts=3, run_dir=tmp_path).run(QUESTION, DOCS)
+    prompts_sent = script.amendment_gist_prompts
+    assert len(prompts_sent) >= 3
+    assert len(set(prompts_sent)) == len(prompts_sent)
+    assert "states 45" in prompts_sent[1] and "rejected 2 times for that reason" in prompts_sent[2]
+
+
 # -- the answer gate ----------------------------------------------------------------------
 
 

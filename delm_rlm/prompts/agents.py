@@ -358,6 +358,27 @@ TEAM_LABELLING_STEP = (
     "count the labels."
 )
 TEAM_RETRY = "A previous attempt at this task was rejected: {reason}\nDo not repeat that mistake.\n"
+TEAM_RETRY_REPEATED = (
+    "This task has been rejected {n} times for that reason: the same reply will be rejected again. "
+    "Change what you claim or what you cite.\n"
+)
+TEAM_RETRY_EARLIER = "An earlier attempt was rejected: {reason}\n"
+
+
+def team_retry(errors: list[str]) -> str:
+    """The retry note of a task's prompt from its rejections so far (oldest first): the
+    latest, how often it repeated, and up to two other earlier ones. Each further rejection
+    changes the note, so a retry is never the prompt that was just rejected (at temperature 0,
+    or from a response cache, that prompt returns the rejected reply again)."""
+    if not errors:
+        return ""
+    latest = errors[-1]
+    note = TEAM_RETRY.format(reason=latest)
+    repeats = errors.count(latest)
+    if repeats > 1:
+        note += TEAM_RETRY_REPEATED.format(n=repeats)
+    earlier = [e for e in dict.fromkeys(errors[:-1]) if e != latest][-2:]
+    return note + "".join(TEAM_RETRY_EARLIER.format(reason=e) for e in earlier)
 
 # In a task's prompt when the team's admitted method failed on its chunk (team/sharing.py).
 TEAM_METHOD_FAILED = """\

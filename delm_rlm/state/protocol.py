@@ -86,6 +86,11 @@ class Task(BaseModel):
     created_at: float
     updated_at: float
 
+    def reasons(self) -> list[str]:
+        """Why earlier attempts failed, oldest first (`last_error` alone where a caller set
+        only it)."""
+        return list(self.errors) or ([self.last_error] if self.last_error else [])
+
 
 # The task fields `update_task` may change; id, goal, deps and the rest are fixed at insert.
 TASK_UPDATABLE_FIELDS = frozenset(

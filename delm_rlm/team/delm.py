@@ -92,7 +92,7 @@ class DelmRole(Role):
         text = run.chunk_text(chunk)
         limit = (cfg.chunk_chars or (cfg.chunk_tokens or 5000) * 4) * 2
         text = prompts.truncate_middle(text, limit)
-        retry = prompts.TEAM_RETRY.format(reason=task.last_error) if task.last_error else ""
+        retry = prompts.team_retry(task.reasons())
         messages = [
             {"role": "system", "content": prompts.DELM_AGENT_SYSTEM},
             {"role": "user", "content": prompts.DELM_AGENT_USER.format(

@@ -105,7 +105,7 @@ class HybridRole(Role):
         result = await sb.execute(setup, timeout=60)
         if not result.ok:
             return TaskOutcome(None, f"could not set the task's variables in the REPL: {result.error}")
-        retry = prompts.TEAM_RETRY.format(reason=task.last_error) if task.last_error else ""
+        retry = prompts.team_retry(task.reasons())
         whole = task.id == run.whole_task
         if whole:  # RLM alone, verified: its prompts, no team tools in them
             message, tools_doc = run.question + (f"\n\n{retry}" if retry else ""), ""

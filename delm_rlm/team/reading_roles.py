@@ -120,7 +120,7 @@ class HybridReadingRole(HybridRole):
         result = await self.sandbox.execute(setup, timeout=60)
         if not result.ok:
             return TaskOutcome(None, f"could not set the task's variables in the REPL: {result.error}")
-        retry = prompts.TEAM_RETRY.format(reason=task.last_error) if task.last_error else ""
+        retry = prompts.team_retry(task.reasons())
         message = prompts.READ_TASK.format(
             agent=state.agent_id, task_id=task.id, goal=task.goal, question=run.question,
             chunk_desc=run.chunk_desc(chunk), gists=run.context.prompt_view(run.config.gist_tokens), retry=retry,

@@ -225,7 +225,7 @@ class ReadingSteps:
     async def write_gist(self, task: Task, summary: ChunkSummary, state: AgentState) -> tuple[GistReply | None, str | None]:
         """The model's query-aware gist of `summary` for the task (JSON, one repair round)."""
         run = self.run
-        retry = prompts.TEAM_RETRY.format(reason=task.last_error) if task.last_error else ""
+        retry = prompts.team_retry(task.reasons())
         messages = [
             {"role": "system", "content": prompts.READ_GIST_SYSTEM},
             {"role": "user", "content": prompts.READ_GIST_USER.format(
