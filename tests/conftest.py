@@ -75,6 +75,30 @@ def private_runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         os.environ["DELM_RLM_RUNS_DIR"] = previous
 
 
+# Tests that share one external resource run on one pytest-xdist worker, one after another
+# (scripts/test runs `-n 2 --dist loadgroup`): every PostgreSQL test, since some restart the
+# one test server, and every local-model test, since one model server already uses both cores.
+POSTGRES_FIXTURES = frozenset({"postgres_url", "restart_server"})
+
+
+def resource_group(item: pytest.Item) -> str | None:
+    """The xdist group of a test that needs a shared server, else None."""
+    if item.get_closest_marker("local_model") is not None:
+        return "local-model"
+    if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())) or "postgres" in item.nodeid.lower():
+        return "postgres"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        group = resource_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
