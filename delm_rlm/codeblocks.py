@@ -12,6 +12,9 @@ This reads code out of free text; it never decides whether a run is finished (th
 - A reply with no fence at all counts as one block when the whole reply parses as Python
   and holds a call, an assignment or an import (small models sometimes drop the fence);
   prose does not parse, and a bare value like ``42`` is not taken as code.
+- A tagged block that does not parse and whose first line reads as a sentence ("The correct
+  answer is (B)") is prose in a fence, not code: `prose_in_blocks` gives its text, so the
+  agent loop treats the reply as prose instead of running it into a SyntaxError.
 - A closing fence glued to the last code line (``print(n)```) is accepted when no proper
   closing line follows; a block left open at the end of the reply (the model ran out of
   tokens) is taken to the end.
@@ -20,6 +23,7 @@ This reads code out of free text; it never decides whether a run is finished (th
 from __future__ import annotations
 
 import ast
+import keyword
 import textwrap
 
 CODE_TAGS = frozenset({"repl", "python", "py", "python3", "ipython"})
@@ -93,6 +97,29 @@ def extract_code_blocks(text: str) -> list[str]:
     if not blocks:
         return [text.strip()] if _is_bare_code(text) else []
     return [code for tag, code, _, _ in blocks if tag == "" and code.strip() and _parses(code)]
+
+
+def reads_as_prose(code: str) -> bool:
+    """Whether a block is a sentence rather than Python: it does not parse, its first line
+    starts with a word that is not a keyword, holds no `=`, brackets or braces, and is
+    mostly words. A mistyped statement (`for x in y` without its colon) is still code."""
+    if _parses(code):
+        return False
+    first = next((line.strip() for line in code.splitlines() if line.strip()), "")
+    words = first.split()
+    if len(words) < 3 or not words[0][0].isalpha() or keyword.iskeyword(words[0]):
+        return False
+    if any(ch in first for ch in "=[]{}") or "(" in words[0]:
+        return False
+    wordy = sum(1 for w in words if w.strip(".,;:!?()'\"").isalpha())
+    return wordy >= 0.6 * len(words)
+
+
+def prose_in_blocks(blocks: list[str]) -> str | None:
+    """The text of `blocks` when every one reads as prose (see `reads_as_prose`), else None."""
+    if not blocks or not all(reads_as_prose(b) for b in blocks):
+        return None
+    return "\n".join(b.strip() for b in blocks)
 
 
 def _is_bare_code(text: str) -> bool:

@@ -41,7 +41,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 from delm_rlm import prompts
 from delm_rlm.classify import ClassificationLog
 from delm_rlm.classify import classify as classify_items
-from delm_rlm.codeblocks import close_open_fence, extract_code_blocks, strip_code_blocks
+from delm_rlm.codeblocks import close_open_fence, extract_code_blocks, prose_in_blocks, strip_code_blocks
 from delm_rlm.errors import EndpointFailing
 from delm_rlm.llm import LM, Budget, BudgetExceeded, LMError
 from delm_rlm.result import FinishedBy, Result
@@ -406,13 +406,14 @@ class RLM:
                 )
                 reply = close_open_fence(completion.text) if self.stop_after_block else completion.text
                 blocks = extract_code_blocks(reply)
-                if not blocks:
-                    prose = strip_code_blocks(reply).strip() if no_code_before else ""
-                    no_code_before = True
+                fenced = prose_in_blocks(blocks)  # an answer written inside a fence is prose
+                if not blocks or fenced is not None:
+                    prose = (fenced or strip_code_blocks(reply).strip()) if no_code_before else ""
+                    no_code_before, blocks = True, []
                     consecutive += 1
-                    last_error = "the reply had no ```repl block"
-                    emit("agent_step", iteration=iteration, action="no code block in reply")
-                    feedback, check, failed = [prompts.RLM_NO_CODE], None, True
+                    last_error = "the ```repl block held prose" if fenced else "the reply had no ```repl block"
+                    emit("agent_step", iteration=iteration, action="prose in a code block" if fenced else "no code block in reply")
+                    feedback, check, failed = [prompts.RLM_PROSE_BLOCK if fenced else prompts.RLM_NO_CODE], None, True
                     if prose:  # shown the block format once already: the prose is the answer
                         prose_refusal = await accept(prose, state.cells) if accept else None
                         if prose_refusal is None:

@@ -224,6 +224,20 @@ async def test_a_reply_without_code_gets_the_block_format_once_then_its_prose_is
     assert prompts.RLM_NO_CODE in script.last_user()
 
 
+async def test_an_answer_written_inside_a_code_fence_is_prose_not_a_syntax_error() -> None:
+    """A small model puts its answer in a ```repl fence; running it is a SyntaxError, three in
+    a row end the run. It is read as prose instead: the block format once, then the answer."""
+    script = Script([repl("The correct answer is (B)"), repl("The correct answer is (B)")])
+    result = await run(script)
+    assert (result.status, result.answer, result.finished_by) == ("answered", "The correct answer is (B)", "prose")
+    assert prompts.RLM_PROSE_BLOCK in script.last_user()
+    assert not any(e.kind == "code_cell" for e in result.trace)  # nothing was run
+    # A mistyped statement is still code: it runs, fails, and the error is shown.
+    script = Script([repl("for i in range(3)\n    print(i)"), repl("n = 3"), FINISH])
+    result = await run(script)
+    assert result.answer == "3" and "SyntaxError" in script.last_user(1)
+
+
 async def test_a_prose_answer_goes_through_the_accept_gate() -> None:
     from sandbox import KernelSandbox
 

@@ -74,6 +74,13 @@ No ```repl block found in your reply. Write Python in a ```repl block. To finish
 answer["content"] = "your final answer"
 answer["ready"] = True
 ```"""
+RLM_PROSE_BLOCK = """\
+Your ```repl block held a sentence, not Python, so nothing ran. A ```repl block must be code. \
+To give your final answer, set it in code:
+```repl
+answer["content"] = "your final answer"
+answer["ready"] = True
+```"""
 
 KEY_ERROR_HINT = (
     "(That name does not exist: print(df.columns) or a few lines, e.g. "
