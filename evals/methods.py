@@ -190,6 +190,7 @@ async def run_method(
     except Exception:  # a missing context file is reported by solve() below
         context_tokens = None
     t0 = time.monotonic()
+    ended: float | None = None  # set where the run's time ends before this function returns
     try:
         if timeout_s is not None:
             outcome = await asyncio.wait_for(solve(name, task, session, options), timeout_s)
@@ -199,9 +200,15 @@ async def run_method(
         outcome = Outcome(answer=exc.partial_answer, status="budget", error=str(exc))
     except TimeoutError:
         outcome = Outcome(answer=None, status="error", error=f"timed out after {timeout_s:g} s")
+        ended = time.monotonic()
+        # Calls the cancelled run left going are drained here, outside its and the next task's
+        # time (their tokens stay this task's: its method spent them).
+        drained = await session.settle(timeout=max(60.0, timeout_s or 0.0))
+        outcome.detail["drained_s"] = round(drained, 1)
+        outcome.detail["still_in_flight"] = session.in_flight
     except Exception as exc:  # any failure of one task becomes that task's error
         outcome = Outcome(answer=None, status="error", error=f"{type(exc).__name__}: {exc}")
-    seconds = time.monotonic() - t0
+    seconds = (ended or time.monotonic()) - t0
     ledger = session.usage
     return MethodResult(
         method=name,

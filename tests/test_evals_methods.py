@@ -131,3 +131,23 @@ async def test_timeout_gives_an_error_result(count_tasks: list[Task]) -> None:
     lm = ScriptedLM(lambda m, r: "Answer: 1", delay=5.0)
     result = await run_method("direct", count_tasks[0], lm, timeout_s=0.2)
     assert result.status == "error" and result.error == "timed out after 0.2 s" and result.answer is None
+    assert result.detail["drained_s"] < 5.0 and result.detail["still_in_flight"] == 0
+    assert result.usage.seconds < 5.0  # the run's time ends at its timeout
+
+
+async def test_settle_waits_for_calls_a_cancelled_run_left_going() -> None:
+    """A kernel's `llm_query` runs on the bridge's own thread and loop, out of reach of the
+    run's cancellation; the next timed run waits for it first (LM.settle)."""
+    import asyncio
+    import threading
+
+    lm = ScriptedLM(lambda m, r: "late", delay=0.6)
+    session = lm.session()
+    leftover = threading.Thread(target=lambda: asyncio.run(session.complete("q?", role="sub")))
+    leftover.start()
+    while session.in_flight == 0:
+        await asyncio.sleep(0.01)
+    waited = await session.settle(timeout=30)
+    leftover.join()
+    assert session.in_flight == 0 and 0.3 < waited < 30
+    assert await session.settle(timeout=30) < 0.1  # nothing in flight: no wait

@@ -226,6 +226,21 @@ class LM:
         return self._transport
 
     @property
+    def in_flight(self) -> int:
+        """Calls of this LM (and of its sessions) sent and not yet returned."""
+        return self._pending
+
+    async def settle(self, timeout: float, poll_s: float = 0.5) -> float:
+        """Wait until no call of this LM is in flight, at most `timeout` seconds; returns the
+        seconds waited. A run cancelled mid-call may leave calls going (an agent's kernel
+        still running `llm_query` through the bridge): whoever times the next run waits here
+        first, so that run does not queue behind the abandoned one's work."""
+        started = time.monotonic()
+        while self._pending > 0 and time.monotonic() - started < timeout:
+            await asyncio.sleep(poll_s)
+        return time.monotonic() - started
+
+    @property
     def base_url(self) -> str | None:
         return self._transport.base_url
 
