@@ -129,11 +129,10 @@ def backfill(results: Path, longbench_data: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from evals.bench_methods import SHARED_DATA
-
+    shared_data = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # as bench_methods
     parser = argparse.ArgumentParser(prog="python -m evals.evidence", description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path)
-    parser.add_argument("--longbench-data", type=Path, default=SHARED_DATA / "longbench_v2" / "multidoc_dev.jsonl")
+    parser.add_argument("--longbench-data", type=Path, default=shared_data / "longbench_v2" / "multidoc_dev.jsonl")
     args = parser.parse_args(argv)
     print(f"{args.results}: evidence filled in {backfill(args.results, args.longbench_data)} row(s)")
     return 0
