@@ -3,6 +3,8 @@ and (marked `local_model`) the real model served by llama.cpp answering through 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -247,3 +249,20 @@ async def test_real_local_model_assembles_verifies_serves_and_answers() -> None:
     again = await LM("local", cache=False).complete("Say OK.", max_tokens=4)
     assert again.text.strip()
     assert local_model.ensure_server("local") is not server
+
+    # A call cancelled mid-prompt is still computed by the server; settle waits for it, and
+    # its one-token probe is neither counted nor cached.
+    lm = LM("local", cache=False)
+    long_prompt = "Summarize: " + "The quick brown fox jumps over the lazy dog. " * 300
+    call = asyncio.create_task(lm.complete(long_prompt, max_tokens=64))
+    while lm.in_flight == 0:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    call.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+    calls_before = lm.usage.total.calls
+    waited = await lm.settle(timeout=300)
+    assert lm.in_flight == 0 and waited > 0.5, waited  # the abandoned prompt was still being read
+    assert lm.usage.total.calls == calls_before
+    assert await lm.settle(timeout=300) < waited

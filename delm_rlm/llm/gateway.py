@@ -27,6 +27,7 @@ Accounting, budgets, cache and observers are this module's code for every transp
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -45,6 +46,8 @@ from delm_rlm.llm.roles import check_role
 from delm_rlm.llm.tokens import approx_tokens
 from delm_rlm.llm.transport import DEFAULT_TIMEOUT_S, ChatReply, ChatRequest, Slots, Transport
 from delm_rlm.llm.usage import Budget, CallFailure, Completion, UsageLedger
+
+logger = logging.getLogger(__name__)
 
 
 def default_model() -> str:
@@ -238,6 +241,15 @@ class LM:
         started = time.monotonic()
         while self._pending > 0 and time.monotonic() - started < timeout:
             await asyncio.sleep(poll_s)
+        # An endpoint that keeps computing a cancelled request (the local server) is waited
+        # for too: `wait_idle` is an optional transport method.
+        wait_idle = getattr(self._transport, "wait_idle", None)
+        if wait_idle is not None and self._pending == 0:
+            left = timeout - (time.monotonic() - started)
+            try:
+                await asyncio.wait_for(wait_idle(), max(left, 1.0))
+            except Exception as exc:  # settling is best effort: the next run still runs
+                logger.warning("could not wait for %s to go idle: %s", self._transport, exc)
         return time.monotonic() - started
 
     @property

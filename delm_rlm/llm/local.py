@@ -28,13 +28,11 @@ Lifecycle, all lazy and once per process:
 4. At interpreter exit the server is stopped; its log is `$DELM_RLM_CACHE_DIR/logs/`
    (default ~/.cache/delm-rlm/logs).
 
-Context window: n_ctx = 16384 by default (`DELM_RLM_LOCAL_N_CTX` to change). The KV cache of
-Qwen2.5-1.5B (28 layers, 2 KV heads x 128, f16) is 28 KiB per token: 16384 tokens = 448 MiB,
-plus a 432 MiB compute buffer, 1.06 GB of mapped weights and 0.6 GB of weights repacked for
-the CPU: the server measured 2.7-3.9 GB resident after 2K-token prompts here, which a small
-machine holds. 16K fits the ~8K-token evaluation windows read directly plus prompt and
-answer; 32K would add ~0.45 GB of KV (and a larger compute buffer) for prompts that take over
-4 minutes to read on two cores (~134 tokens/s).
+Context window: n_ctx = 16384 by default (`DELM_RLM_LOCAL_N_CTX`). KV cache 28 KiB per token
+(448 MiB at 16K) plus a 432 MiB compute buffer and 1.7 GB of weights: 2.7-3.9 GB resident
+measured here. 16K fits the ~8K-token windows read directly; 32K would add ~0.45 GB for
+prompts that take many minutes to read on two cores. A cancelled call is still computed by
+the server: `LocalTransport.wait_idle` (through `LM.settle`) waits for it.
 """
 
 from __future__ import annotations
@@ -137,10 +135,7 @@ def _positive_env(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if not raw:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
+    value = int(raw) if raw.strip().lstrip("+").isdigit() else 0
     if value <= 0:
         raise LMError(f"{name}={raw!r} must be a positive integer (default {default})")
     return value
@@ -597,6 +592,16 @@ class LocalTransport:
             client, url, request, served_model=self.spec.alias,
             timeout=self._clients.timeout, max_retries=self._clients.max_retries,
         )
+
+    async def wait_idle(self) -> None:
+        """Return once the server is idle: llama.cpp still computes a cancelled call and serves
+        one request at a time, so an uncached one-token request waits behind it."""
+        server = _servers.get(self.spec.name)
+        if server is not None and server.alive():
+            probe = ChatRequest(self.spec.alias, [{"role": "user", "content": f"ping {time.time_ns()}"}], 0.0, 1, None, "root")
+            async with self._slots:
+                await chat_completion(self._clients.for_running_loop(server.base_url, ANY_KEY), server.base_url, probe,
+                                      served_model=self.spec.alias, timeout=self._clients.timeout, max_retries=0)
 
     async def aclose(self) -> None:
         await self._clients.aclose()

@@ -111,6 +111,9 @@ class Transport(Protocol):
         budget's deadline when there is one.
     slots: a concurrency limit the endpoint itself imposes on every LM that uses it (the local
         server answers one request at a time), or None: then the LM's `max_concurrency` holds.
+
+    Optional: `async def wait_idle(self) -> None`, returning once the endpoint has finished
+    requests whose callers were cancelled (`LM.settle` uses it; the local server has one).
     """
 
     @property
