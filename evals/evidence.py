@@ -32,10 +32,11 @@ from delm_rlm.gists import Gist
 from delm_rlm.trace import Trace, TraceEvent
 from delm_rlm.verify.support import corpus_quotes
 
-__all__ = ["MIN_PRINTED_CHARS", "Evidence", "answer_evidence", "backfill", "trace_evidence"]
+__all__ = ["JUDGED_METHODS", "MIN_PRINTED_CHARS", "Evidence", "answer_evidence", "backfill", "trace_evidence"]
 
 MIN_PRINTED_CHARS = 60  # shorter printed lines (labels, numbers, headers) are not reading
 TEAM_METHODS = frozenset({"delm", "hybrid"})
+JUDGED_METHODS = TEAM_METHODS | {"rlm"}  # the methods whose reading is judged
 
 
 class Evidence(BaseModel):

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from delm_rlm.errors import DatasetError
+from evals.evidence import JUDGED_METHODS
 from evals.results import ResultRow, load_results
 
 # The papers' column order for LongBench-v2.
@@ -233,6 +234,8 @@ def evidence_table(rows: Sequence[ResultRow], methods: Sequence[str]) -> ReportT
         if not mine:
             continue
         judged = [r.detail["evidence"] for r in mine if isinstance(r.detail.get("evidence"), dict)]
+        if method in JUDGED_METHODS:  # a run that gave no answer (a timeout) rested on nothing
+            judged += [{"read": False} for r in mine if not r.answer and "evidence" not in r.detail]
         read = sum(1 for e in judged if e.get("read"))
         read_right = sum(1 for r in mine if (r.detail.get("evidence") or {}).get("read") and r.score >= 1.0)
         table_rows.append([
@@ -250,8 +253,9 @@ def evidence_table(rows: Sequence[ResultRow], methods: Sequence[str]) -> ReportT
                  "calls/item", "s/item"],
         rows=table_rows,
         caption="rested on read evidence: team answers from an admitted gist whose quote is found in the "
-        "documents; rlm answers after an llm_query call or printing a passage of them; direct and "
-        "orchestrator put the text in the prompt and are not judged (-).",
+        "documents; rlm answers after an llm_query call or printing a passage of them; a run with no "
+        "answer (timed out) counts as not; direct and orchestrator put the text in the prompt and are "
+        "not judged (-).",
     )
 
 
