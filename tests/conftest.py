@@ -75,19 +75,21 @@ def private_runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
         os.environ["DELM_RLM_RUNS_DIR"] = previous
 
 
-# Tests that share one external resource run on one pytest-xdist worker, one after another
-# (scripts/test runs `-n 2 --dist loadgroup`): every PostgreSQL test, since some restart the
-# one test server, and every local-model test, since one model server already uses both cores.
+# pytest-xdist groups (scripts/test runs `-n 2 --dist loadgroup`): tests that share one
+# external resource run on one worker, one after another: every PostgreSQL test, since some
+# restart the one test server, and every local-model test, since one model server already
+# uses both cores. Every other test stays with its module, as `--dist loadscope` would keep
+# it: module-scoped fixtures (one sandbox for a file's tests) and the order they rely on hold.
 POSTGRES_FIXTURES = frozenset({"postgres_url", "restart_server"})
 
 
-def resource_group(item: pytest.Item) -> str | None:
-    """The xdist group of a test that needs a shared server, else None."""
+def xdist_group_of(item: pytest.Item) -> str:
+    """The worker group of a test: a shared server's name, else its module's path."""
     if item.get_closest_marker("local_model") is not None:
         return "local-model"
     if POSTGRES_FIXTURES & set(getattr(item, "fixturenames", ())) or "postgres" in item.nodeid.lower():
         return "postgres"
-    return None
+    return item.nodeid.split("::", 1)[0]
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into node ids
@@ -95,9 +97,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
-        group = resource_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(xdist_group_of(item)))
 
 
 def chromium_path() -> str | None:
