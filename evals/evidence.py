@@ -29,14 +29,17 @@ from typing import Any
 from pydantic import BaseModel
 
 from delm_rlm.gists import Gist
+from delm_rlm.methods import METHODS, RLMMethod, TeamMethod
 from delm_rlm.trace import Trace, TraceEvent
 from delm_rlm.verify.support import corpus_quotes
 
 __all__ = ["JUDGED_METHODS", "MIN_PRINTED_CHARS", "Evidence", "answer_evidence", "backfill", "trace_evidence"]
 
 MIN_PRINTED_CHARS = 60  # shorter printed lines (labels, numbers, headers) are not reading
-TEAM_METHODS = frozenset({"delm", "hybrid"})
-JUDGED_METHODS = TEAM_METHODS | {"rlm"}  # the methods whose reading is judged
+# Which methods are judged, and how, follows the registry's classes (a new team mode is a team).
+TEAM_METHODS = frozenset(name for name, cls in METHODS.items() if issubclass(cls, TeamMethod))
+RLM_METHODS = frozenset(name for name, cls in METHODS.items() if issubclass(cls, RLMMethod))
+JUDGED_METHODS = TEAM_METHODS | RLM_METHODS
 
 
 class Evidence(BaseModel):
@@ -88,7 +91,7 @@ def trace_evidence(method: str, events: Sequence[TraceEvent], docs: Sequence[str
     """The evidence judgement for one run of `method` (None where not measured)."""
     if method in TEAM_METHODS:
         return team_evidence(events, docs)
-    if method == "rlm":
+    if method in RLM_METHODS:
         return rlm_evidence(events, "\n".join(docs))
     return None
 

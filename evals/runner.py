@@ -272,7 +272,6 @@ async def run_pair(
 
 
 @functools.cache
-@functools.cache
 def code_version() -> str:
     """The code that ran: `git describe --always --dirty` of the checkout delm-rlm is
     imported from (a results file may mix rows from several commits; a resumed run shows

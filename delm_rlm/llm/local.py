@@ -31,8 +31,7 @@ Lifecycle, all lazy and once per process:
 Context window: n_ctx = 16384 by default (`DELM_RLM_LOCAL_N_CTX`). KV cache 28 KiB per token
 (448 MiB at 16K) plus a 432 MiB compute buffer and 1.7 GB of weights: 2.7-3.9 GB resident
 measured here. 16K fits the ~8K-token windows read directly; 32K would add ~0.45 GB for
-prompts that take many minutes to read on two cores. A cancelled call is still computed by
-the server: `LocalTransport.wait_idle` (through `LM.settle`) waits for it.
+prompts that take many minutes to read on two cores. `LocalTransport.wait_idle`: see there.
 """
 
 from __future__ import annotations
@@ -135,7 +134,10 @@ def _positive_env(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if not raw:
         return default
-    value = int(raw) if raw.strip().lstrip("+").isdigit() else 0
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
     if value <= 0:
         raise LMError(f"{name}={raw!r} must be a positive integer (default {default})")
     return value
@@ -594,8 +596,7 @@ class LocalTransport:
         )
 
     async def wait_idle(self) -> None:
-        """Return once the server is idle: llama.cpp still computes a cancelled call and serves
-        one request at a time, so an uncached one-token request waits behind it."""
+        """Return once the server is idle (it still computes a cancelled call): an uncached one-token request queues behind it."""
         server = _servers.get(self.spec.name)
         if server is not None and server.alive():
             probe = ChatRequest(self.spec.alias, [{"role": "user", "content": f"ping {time.time_ns()}"}], 0.0, 1, None, "root")
