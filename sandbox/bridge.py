@@ -70,12 +70,17 @@ Handler = Callable[[Any], Awaitable[dict[str, Any]]]
 
 
 class SocketBridge:
-    """Serves bridge calls on a Unix socket (mode 0600) from the host's event loop."""
+    """Serves bridge calls on a Unix socket (mode 0600) from the host's event loop.
+
+    A call whose caller goes away (its cell interrupted, its kernel killed) is cancelled, and
+    `close` cancels every call still running: a host function may be minutes of model time,
+    and nobody is left to read its answer."""
 
     def __init__(self, path: Path, handler: Handler) -> None:
         self.path = path
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
+        self._calls: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -85,27 +90,62 @@ class SocketBridge:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_MESSAGE)
         os.chmod(self.path, 0o600)
 
+    @property
+    def calls_in_flight(self) -> int:
+        return len(self._calls)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        me = asyncio.current_task()
+        if me is not None:
+            self._calls.add(me)
         try:
             line = await reader.readline()
             try:
                 request = json.loads(line)
             except ValueError:
-                reply: dict[str, Any] = {"error": "malformed bridge request: not one JSON line"}
+                reply: dict[str, Any] | None = {"error": "malformed bridge request: not one JSON line"}
             else:
-                reply = await self._handler(request)
-            writer.write(json.dumps(reply).encode() + b"\n")
-            await writer.drain()
+                reply = await self._answer_while_connected(reader, request)
+            if reply is not None:
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the caller went away (e.g. its cell was interrupted)
         finally:
+            if me is not None:
+                self._calls.discard(me)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    async def _answer_while_connected(self, reader: asyncio.StreamReader, request: Any) -> dict[str, Any] | None:
+        """The handler's reply, or None when the caller hung up first (the call is cancelled).
+        The client sends one line and then only reads, so end-of-file means it is gone."""
+        call = asyncio.ensure_future(self._handler(request))
+        hangup = asyncio.ensure_future(reader.read(1))
+        try:
+            while True:
+                await asyncio.wait({call, hangup} if not hangup.done() else {call},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if call.done():
+                    return call.result()
+                if not hangup.cancelled() and hangup.exception() is None and hangup.result():
+                    continue  # stray bytes after the request line: not a hang-up; keep waiting on the call
+                return None
+        finally:
+            for child in (call, hangup):
+                child.cancel()
+            await asyncio.gather(call, hangup, return_exceptions=True)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        # Python 3.11's Server.close leaves running connections alone: cancel them here.
+        running = [t for t in self._calls if t is not asyncio.current_task()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None

@@ -135,3 +135,52 @@ async def test_cell_timeout_leaves_out_time_spent_in_tool_calls(sb: KernelSandbo
     r = await sb.execute("slow_model('x')\nwhile True:\n    pass", timeout=1.0)
     assert r.timed_out and "model calls not counted" in (r.error or "")
     assert 1.7 < r.duration_s < 6.0
+
+
+def hanging_call() -> tuple[dict[str, asyncio.Event], object]:
+    """A host function that never answers, with events for 'it started' and 'it was cancelled'."""
+    seen = {"started": asyncio.Event(), "cancelled": asyncio.Event()}
+
+    async def hang(prompt: str = "") -> str:
+        seen["started"].set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen["cancelled"].set()
+            raise
+        return "never"
+
+    return seen, hang
+
+
+async def test_a_call_whose_caller_hangs_up_is_cancelled(sb: KernelSandbox) -> None:
+    # An interrupted cell or a killed kernel closes its end: the model call it was waiting for
+    # must stop, not run on for minutes with nobody to read the answer.
+    seen, hang = hanging_call()
+    sb.register("hang", hang)
+    assert sb.private_dir is not None
+    reader, writer = await asyncio.open_unix_connection(str(sb.private_dir / "bridge.sock"))
+    writer.write(json.dumps({"token": sb._token, "name": "hang", "args": ["q"]}).encode() + b"\n")
+    await writer.drain()
+    await asyncio.wait_for(seen["started"].wait(), 10)
+    writer.close()
+    await asyncio.wait_for(seen["cancelled"].wait(), 10)
+    assert (await sb.execute("print(add(2, 2))")).stdout == "4\n"  # the bridge serves on
+
+
+async def test_closing_a_sandbox_cancels_the_host_calls_its_cell_left_running() -> None:
+    # A team run cancelled on its timeout closes its sandboxes; a bridge call still in flight
+    # (an llm_query) must be cancelled with them, not keep the model busy afterwards.
+    seen, hang = hanging_call()
+    box = KernelSandbox(timeout=20)
+    box.register("hang", hang)
+    await box.start()
+    try:
+        cell = asyncio.create_task(box.execute("hang('a long prompt')"))
+        await asyncio.wait_for(seen["started"].wait(), 20)
+        cell.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cell
+    finally:
+        await asyncio.wait_for(box.close(), 30)
+    assert seen["cancelled"].is_set()

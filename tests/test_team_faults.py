@@ -184,3 +184,30 @@ async def test_a_killed_run_resumes_without_losing_or_repeating_work(tmp_path: P
     assert result.usage.calls == len(calls)
     assert result.usage.input_tokens == sum(e.data["input_tokens"] for e in calls)
     assert sum(u.calls for u in result.usage_by_role.values()) == len(calls)
+
+
+async def test_a_cancelled_team_run_cancels_the_model_calls_its_cells_wait_on(tmp_path: Path) -> None:
+    # A benchmark's timeout cancels the run: the llm_query an agent's cell is blocked on must
+    # be cancelled with it, not run on (minutes of a local model's time) after the run is gone.
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def script(messages: list[dict], role: str) -> str:
+        if role == "sub":
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        return "```repl\nprint(llm_query('What does this chunk say? ' + chunk[:40]))\n```"
+
+    lm = ScriptedLM(script)
+    run = asyncio.create_task(Team(lm, agents=2, plan="split", run_dir=tmp_path).run(QUESTION, DOCS))
+    await asyncio.wait_for(started.wait(), 60)
+    run.cancel()
+    try:
+        await asyncio.wait_for(run, 60)
+    except asyncio.CancelledError:
+        pass
+    assert cancelled.is_set()
+    assert lm.in_flight == 0  # nothing of the run is still calling the model
