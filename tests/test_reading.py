@@ -13,13 +13,15 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from delm_rlm import RunStore, ScriptedLM, Team, Trace
 from delm_rlm.state.context import SharedContext
 from delm_rlm.state.queue import TaskQueue
 from delm_rlm.team.reading import needs_reading, route_question
 from delm_rlm.team.reading_steps import choice_letter, choice_verdict
-from delm_rlm.team.summaries import SummaryCache, slice_spans, summarize_chunk
+from delm_rlm.team.summaries import SummaryCache, pick_slices, rank_slices, slice_spans, summarize_chunk
 from delm_rlm.verify.support import support_problem
 from tasks import longbench, oolong
 
@@ -376,3 +378,78 @@ async def test_a_model_plan_on_the_reading_path_reads_the_corpus_before_its_task
     assert result.answer == "The correct answer is (B)"
     readers = [e for e in result.trace if e.kind == "model_call" and e.data["role"] == "reader"]
     assert len(readers) == len(DOCS)  # each document's chunk read once, for the one planned task
+
+
+# -- reading what the question needs first ------------------------------------------------
+
+
+def section(topic: str, sentence: str, chars: int = 7600) -> str:
+    """A section of distinct sentences about `topic`, about `chars` long; its only blank line
+    ends it, so the summary's slices (cut at paragraph ends) are the sections."""
+    lines, n = [f"{topic.upper()}\n"], 0
+    while sum(map(len, lines)) < chars:
+        n += 1
+        lines.append(sentence.format(n=n) + (" " if n % 6 else "\n"))
+    return "".join(lines) + "\n"
+
+
+GARDEN = section("Gardens", "Flower bed number {n} beside the courtyard holds roses and tulips planted each spring.")
+NOTICE = section("Ending the lease", "Clause {n}: a tenant who ends the lease early must give sixty days of written notice.")
+PARKING = section("Parking", "Parking bay number {n} behind the building is reserved for bicycles and small cars.")
+LONG_LEASE = GARDEN + NOTICE + PARKING
+
+
+def test_pick_slices_reads_the_slices_the_question_shares_words_with() -> None:
+    texts = [GARDEN, NOTICE, PARKING]
+    assert pick_slices(texts, QUESTION, 1) == {1}
+    assert pick_slices(texts, "Where may small cars park?", 1) == {2}
+    assert pick_slices(texts, "zzz qqq", 2) == {0, 1}  # nothing shared: the earliest slices
+    assert pick_slices(texts, QUESTION, None) == {0, 1, 2}
+    scores = rank_slices(texts, QUESTION)
+    assert scores[1] > 0 and scores[0] == scores[2] == 0
+
+
+@given(st.lists(st.text(alphabet="abcdef xyz", max_size=60), max_size=8), st.text(alphabet="abcdef xyz", max_size=30),
+       st.one_of(st.none(), st.integers(min_value=1, max_value=10)))
+def test_pick_slices_picks_at_most_its_limit_and_only_real_slices(texts: list[str], query: str, limit: int | None) -> None:
+    chosen = pick_slices(texts, query, limit)
+    assert chosen <= set(range(len(texts)))
+    assert len(chosen) == (len(texts) if limit is None else min(limit, len(texts)))
+
+
+async def test_a_long_part_is_read_where_the_question_points_and_the_rest_when_a_task_asks(tmp_path: Path) -> None:
+    """read_slices=1: of three slices only the one about notice is summarized; the finalizer
+    is told two are unread, adds a goal about parking, and that task reads the parking slice."""
+    script = DelmReaders()
+    shown: list[str] = []
+    finals = [json.dumps({"tasks": ["Where may small cars park?"]})]
+
+    def reading(messages: list[dict], role: str) -> str:
+        if role == "reader":
+            shown.append(messages[1]["content"])
+        if role == "finalizer":
+            if "Not read yet: " in messages[-1]["content"]:
+                shown.append(messages[-1]["content"])
+            if finals:
+                return finals.pop(0)
+        if role == "root" and "park?" in messages[-1]["content"]:
+            aid, point = next((a, p) for a, p in points_of(messages[-1]["content"]) if "Parking" in p)
+            return json.dumps({"gist": f"{point} [{aid}]", "anchors": [aid]})
+        return script(messages, role)
+
+    team = Team(ScriptedLM(reading), agents=1, mode="delm", chunk_chars=30000, read_slices=1, run_dir=tmp_path)
+    result = await team.run(QUESTION, [LONG_LEASE])
+    assert result.status == "answered", result.error
+    assert result.answer == "The correct answer is (B)"
+    summaries = [s for s in shown if s.startswith("Text:")]
+    assert len(summaries) == 2  # the notice slice, then (for the added task) the parking slice
+    assert "sixty days of written notice" in summaries[0] and "Parking bay" in summaries[1]
+    assert not any("Flower bed" in s for s in summaries)  # the garden slice was never read
+    note = next(s for s in shown if "Not read yet: " in s)
+    assert "Not read yet: 2 slice(s)" in note
+    steps = [e.data["action"] for e in result.trace if e.kind == "agent_step"]
+    assert any(a.startswith("reads 1 of 3 slices") for a in steps)
+    store = RunStore(result.store_path)
+    added = next(t for t in TaskQueue(store).all() if t.created_by == "a1")
+    gist = next(g for g in store.list_gists(status="admitted", kinds="partial") if g.provenance.task_id == added.id)
+    assert "Parking bay" in gist.text and all(LONG_LEASE[e.start:e.end] == e.quote for e in gist.evidence)

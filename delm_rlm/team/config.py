@@ -46,6 +46,9 @@ class TeamConfig(BaseModel):
     max_finalize_rounds: int = Field(default=3, ge=1)
     max_plan_tasks: int = Field(default=16, ge=1)
     max_added_tasks: int = Field(default=32, ge=0)
+    # The reading path: the most slices (~8,000 chars each) one task's summary reads, those
+    # sharing most with the question (None: every slice).
+    read_slices: int | None = Field(default=1, ge=1)
     # Model-given labels (issue 14): a partial resting on classify() is spot-checked on this
     # many of its items by the verifier role (0: off); below the agreement it is rejected.
     spot_check_sample: int = Field(default=8, ge=0)

@@ -17,6 +17,8 @@ replaced, and stops finalizing. Clocks of the machines are assumed to agree to w
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 
@@ -97,3 +99,9 @@ class Coordination:
             # Taken but not beaten yet: give the taker its grace period, counted from now.
             return now - self._absent_since.setdefault(epoch, now) > self.stale_s
         return now - float(beat["beat"]) > self.stale_s
+
+
+def worker_name() -> str:
+    """This process's name among a run's processes: host and pid."""
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:24] or "host"
+    return f"{host}-{os.getpid()}"

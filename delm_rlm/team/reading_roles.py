@@ -97,7 +97,8 @@ class HybridReadingRole(HybridRole):
             if not summary.anchors:
                 return ("(no grounded summary of your part: " + "; ".join(summary.rejected)[:300] +
                         "; read it with llm_query on slices of chunk)")
-            return f"Points of {summary.where}:\n" + summary.render(MAX_SUMMARY_CHARS)
+            note = summary.unread_note()
+            return f"Points of {summary.where}:\n" + summary.render(MAX_SUMMARY_CHARS) + (f"\n{note}" if note else "")
 
         async def propose_gist(text: str, anchors: Any = None, choices: Any = None) -> dict[str, Any]:
             if state.task is None:

@@ -12,8 +12,11 @@ The hierarchy (DeLM's long-source summaries):
 
 The shared context holds the gists (`text`); each gist's `summary` is its chunk's grounded
 summary and its `evidence` the cited anchors, so `unfold(id, 1)` reads the summary and
-`unfold(id, 2)` the raw spans. A task without a chunk (one the finalizer added) reads the
-anchors of the run's summaries most related to its goal.
+`unfold(id, 2)` the raw spans. A chunk's summary reads at most `read_slices` of its slices,
+those sharing most with the question (team/summaries.py `pick_slices`, ranked across the
+chunk's documents); the rest stay unread. A task without a chunk (one the finalizer added)
+first reads the unread slices most related to its goal (again at most `read_slices`), then
+the anchors of the run's summaries most related to it; the finalizer is told what is unread.
 
 The finalizer compares the choices against the admitted gists and answers in the official
 format ("The correct answer is (B)"). The answer gate (`answer_refusal`): an answer about
@@ -40,7 +43,15 @@ from delm_rlm.team.reading import question_signals
 from delm_rlm.team.replies import ask_json, validation_message
 from delm_rlm.team.role import AnswerRefusal, FinalRound, RoundOutcome
 from delm_rlm.team.run import FINAL_TASK_ID, AgentState, TeamRun
-from delm_rlm.team.summaries import Anchor, ChunkSummary, SummaryCache, summarize_chunk
+from delm_rlm.team.summaries import (
+    Anchor,
+    ChunkSummary,
+    SummaryCache,
+    TextSpan,
+    pick_slices,
+    slice_spans,
+    summarize_chunk,
+)
 from delm_rlm.team.tools import add_goal_task
 from delm_rlm.verify import Verdict
 from delm_rlm.verify.form import MAX_EVIDENCE_ITEMS, MAX_SUMMARY_CHARS
@@ -174,7 +185,40 @@ class ReadingSteps:
         if not self.summaries:  # nothing read yet (a model plan): read the corpus's chunks first
             for part in self.corpus_chunks():
                 await self.chunk_summary(part, state.agent_id, task.id)
+        await self.read_unread(task.goal, state.agent_id, task.id)  # the question picked the first slices
         return self.retrieved(f"{task.goal} {run.question}")
+
+    def unread(self) -> list[TextSpan]:
+        """The slices no summary of the run has read yet, in corpus order."""
+        spans = {s.key: s for summary in self.summaries.values() for s in summary.unread}
+        return [spans[k] for k in sorted(spans) if k not in self.summaries]
+
+    async def read_unread(self, query: str, agent: str, task_id: str) -> None:
+        """Summarize the unread slices most related to `query` (at most `read_slices`); each
+        becomes a summary of its own, so the retrieval pool and `unread` see it."""
+        run, spans = self.run, self.unread()
+        if not spans:
+            return
+        chosen = pick_slices([run.docs[s.doc][s.start:s.end] for s in spans], query, run.config.read_slices)
+        tags = {"agent": agent, "task": task_id}
+
+        async def read(span: TextSpan) -> None:
+            async with self._locks.setdefault(span.key, asyncio.Lock()):
+                if span.key not in self.summaries:
+                    self.summaries[span.key] = await summarize_chunk(
+                        run.lm, run.docs, span.doc, span.start, span.end, cache=self.cache, trace=run.trace,
+                        tags=tags, where=f"document {span.doc + 1}, characters {span.start:,}-{span.end:,}")
+
+        await asyncio.gather(*(read(spans[i]) for i in sorted(chosen)))
+
+    def unread_note(self) -> str:
+        """For the finalizer: how much of the documents no summary has read."""
+        spans = self.unread()
+        if not spans:
+            return ""
+        chars = sum(s.end - s.start for s in spans)
+        return (f"Not read yet: {len(spans)} slice(s) of the documents ({chars:,} characters) that share the fewest "
+                "words with the question. A task you add reads those most related to its goal.\n")
 
     async def chunk_summary(self, chunk: Chunk, agent: str, task_id: str) -> ChunkSummary:
         run = self.run
@@ -188,19 +232,32 @@ class ReadingSteps:
             # anchor's offsets are within one document.
             parts = [(d, chunk.start if d == chunk.doc else 0, chunk.end if d == chunk.last_doc else len(run.docs[d]))
                      for d in chunk.documents]
+            parts = [(d, s, e) for d, s, e in parts if s < e or len(parts) == 1]
+            chosen = self.slices_to_read(parts)
             read = await asyncio.gather(*(
-                summarize_chunk(run.lm, run.docs, d, s, e, cache=self.cache, trace=run.trace, tags=tags, where=where)
-                for d, s, e in parts if s < e or len(parts) == 1
+                summarize_chunk(run.lm, run.docs, d, s, e, cache=self.cache, trace=run.trace, tags=tags, where=where,
+                                read=lambda texts, keep=keep: keep)
+                for (d, s, e), keep in zip(parts, chosen)
             ))
             summary = read[0] if len(read) == 1 else ChunkSummary(
                 where=where,
                 anchors=[a.model_copy(update={"id": f"a{i}"})
                          for i, a in enumerate((a for part in read for a in part.anchors), start=1)],
                 rejected=[r for part in read for r in part.rejected],
+                unread=[u for part in read for u in part.unread],
                 from_cache=sum(part.from_cache for part in read),
             )
             self.summaries[key] = summary
             return summary
+
+    def slices_to_read(self, parts: list[tuple[int, int, int]]) -> list[set[int]]:
+        """For each (doc, start, end) part of a chunk, the indexes of its slices to read: the
+        `read_slices` of the whole chunk that share most with the question."""
+        run = self.run
+        texts = [[run.docs[d][s + lo:s + hi] for lo, hi in slice_spans(run.docs[d][s:e])] for d, s, e in parts]
+        where = [(p, i) for p, part in enumerate(texts) for i in range(len(part))]
+        chosen = pick_slices([texts[p][i] for p, i in where], run.question, run.config.read_slices)
+        return [{i for n, (q, i) in enumerate(where) if q == p and n in chosen} for p in range(len(parts))]
 
     def corpus_chunks(self) -> list[Chunk]:
         """The corpus split as the planner splits it (the run's chunk size)."""
@@ -282,7 +339,8 @@ class ReadingSteps:
             {"role": "system", "content": prompts.READ_FINAL_SYSTEM},
             {"role": "user", "content": prompts.READ_FINAL_USER.format(
                 question=run.question, round=final.number, rounds=final.rounds,
-                gists=run.context.prompt_view(cfg.final_view_tokens), failed=final.failed_note,
+                gists=run.context.prompt_view(cfg.final_view_tokens),
+                failed=final.failed_note + ("" if final.last else self.unread_note()),
                 last=prompts.TEAM_FINALIZE_LAST + "\n" if final.last else "")},
         ]
         run.trace.emit("agent_step", agent=state.agent_id, task=FINAL_TASK_ID,

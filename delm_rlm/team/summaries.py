@@ -10,6 +10,13 @@ repair round showing what was wrong (with the closest text); still wrong, it is 
 and the slice has no summary. A chunk's summary is its admitted slices' anchors, numbered
 a1, a2, ... in text order.
 
+A question need not pay for reading every slice: with `max_slices`, a chunk's slices are
+ranked by how much they share with the question (`rank_slices`: BM25 over content-word stems,
+the slices as the collection) and only the top ones are summarized; the others are kept as
+`unread` spans that a later task (a goal the finalizer adds) or an agent's own `llm_query`
+can still read. Which slices are read depends on the question; what a slice's summary says
+does not.
+
 Summaries do not depend on the question, so they are cached per slice and reused by every
 question on the same corpus: `SummaryCache`, one SQLite file beside the LM's response cache
 (outside every sandbox's reach), keyed by the slice text's SHA-256, the summarizer model,
@@ -21,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,7 @@ from delm_rlm.team.replies import load_json_object
 from delm_rlm.trace import Trace
 from delm_rlm.verify.fuzzy import SpanMatch, closest_span, map_quote
 from delm_rlm.verify.quotes import check_quote
+from delm_rlm.verify.support import STEM_CHARS, content_words
 
 SUMMARY_SLICE_CHARS = 8000
 MAX_POINTS_PER_SLICE = 5
@@ -47,6 +57,7 @@ MAX_ANCHOR_CHARS = 200  # an anchor is a short quote: a longer copy is cut (stil
 SUMMARY_TOKENS = 600  # the most a slice summary's reply may take
 SUMMARY_VERSION = 1  # in the cache key: a new prompt or rule makes cached summaries stale
 SUMMARY_CACHE_FILE = "summaries.sqlite"
+BM25_K1, BM25_B = 1.2, 0.75  # the usual Okapi constants
 
 register_role("reader", "reads documents: the grounded summary of each slice (team reading path)")
 
@@ -70,13 +81,37 @@ class Anchor(BaseModel):
         return f'[{self.id}] {self.point} (quote: "{quote}")'
 
 
+class TextSpan(BaseModel):
+    """`docs[doc][start:end]`: a slice left unread, with its opening words to find it by."""
+
+    doc: int
+    start: int
+    end: int
+    opening: str = ""
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.doc, self.start, self.end)
+
+
 class ChunkSummary(BaseModel):
-    """A chunk's grounded summary: its admitted anchors, and why any slice was rejected."""
+    """A chunk's grounded summary: its admitted anchors, why any slice was rejected, and the
+    slices it did not read (ranked below `max_slices` for the question)."""
 
     where: str
     anchors: list[Anchor]
     rejected: list[str] = []
+    unread: list[TextSpan] = []
     from_cache: int = 0  # slices served from the cache
+
+    def unread_note(self) -> str:
+        """One line for an agent: what of its part was not summarized, and how to find it."""
+        if not self.unread:
+            return ""
+        openings = "; ".join(repr(s.opening) for s in self.unread[:4])
+        return (f"({len(self.unread)} slice(s) of this part were not summarized: they share the fewest words with "
+                f"the question. They open with {openings}; read one with llm_query on chunk[i:i+8000], i = "
+                "chunk.find(opening), if the question needs it.)")
 
     def anchor(self, anchor_id: str) -> Anchor | None:
         return next((a for a in self.anchors if a.id == anchor_id.strip().lower()), None)
@@ -114,6 +149,41 @@ def slice_spans(text: str, size: int = SUMMARY_SLICE_CHARS) -> list[tuple[int, i
             spans.append((start, end))
         start = end
     return spans
+
+
+def term_stems(text: str) -> list[str]:
+    """The content words of `text` as stems (function words and talk about the text left out)."""
+    return [w.casefold()[:STEM_CHARS] for w in content_words(text)]
+
+
+def rank_slices(texts: Sequence[str], query: str) -> list[float]:
+    """Each text's BM25 score for `query`, the texts themselves as the collection (a stem in
+    every text tells them apart by nothing and scores near zero)."""
+    bags = [Counter(term_stems(t)) for t in texts]
+    wanted = set(term_stems(query))
+    if not bags or not wanted:
+        return [0.0] * len(texts)
+    mean_len = sum(sum(b.values()) for b in bags) / len(bags) or 1.0
+    scores = []
+    for bag in bags:
+        length, score = sum(bag.values()), 0.0
+        for term in wanted:
+            tf = bag.get(term, 0)
+            if tf:
+                df = sum(1 for b in bags if term in b)
+                idf = math.log(1 + (len(bags) - df + 0.5) / (df + 0.5))
+                score += idf * tf * (BM25_K1 + 1) / (tf + BM25_K1 * (1 - BM25_B + BM25_B * length / mean_len))
+        scores.append(score)
+    return scores
+
+
+def pick_slices(texts: Sequence[str], query: str, max_slices: int | None) -> set[int]:
+    """The indexes of the slices to read: all of them, or the `max_slices` that score highest
+    for `query` (ties, and a query that matches nothing, go to the earlier slice)."""
+    if max_slices is None or len(texts) <= max_slices:
+        return set(range(len(texts)))
+    scores = rank_slices(texts, query)
+    return set(sorted(range(len(texts)), key=lambda i: (-scores[i], i))[:max_slices])
 
 
 def locate_anchors(text: str, points: Any, offset: int, doc: int, docs: Sequence[str]) -> tuple[list[Anchor], list[str]]:
@@ -225,9 +295,10 @@ async def summarize_slice(lm: LM, text: str, docs: Sequence[str], doc: int, offs
 
 async def summarize_chunk(lm: LM, docs: Sequence[str], doc: int, start: int, end: int, *,
                           cache: SummaryCache | None, trace: Trace | None, tags: dict[str, Any],
-                          where: str) -> ChunkSummary:
+                          where: str, read: Callable[[list[str]], set[int]] | None = None) -> ChunkSummary:
     """The grounded summary of `docs[doc][start:end]`, its slices read concurrently (cached
-    ones from `cache`)."""
+    ones from `cache`). `read`: given the slices' texts, the indexes to read (None: all);
+    the others are the summary's `unread` spans."""
     text = docs[doc][start:end]
 
     async def one(n: int, lo: int, hi: int) -> tuple[list[Anchor], str | None, bool]:
@@ -246,7 +317,14 @@ async def summarize_chunk(lm: LM, docs: Sequence[str], doc: int, start: int, end
                             for a in anchors])
         return anchors, reason, False
 
-    spans = slice_spans(text)
+    every = slice_spans(text)
+    chosen = read([text[lo:hi] for lo, hi in every]) if read is not None else set(range(len(every)))
+    spans = [span for i, span in enumerate(every) if i in chosen]
+    unread = [TextSpan(doc=doc, start=start + lo, end=start + hi, opening=" ".join(text[lo:hi].split())[:60])
+              for i, (lo, hi) in enumerate(every) if i not in chosen]
+    if unread and trace is not None:
+        trace.emit("agent_step", agent=tags.get("agent"), task=tags.get("task"),
+                   action=f"reads {len(spans)} of {len(every)} slices of {where}: those sharing most with the question"[:300])
     results = await asyncio.gather(*(one(n, lo, hi) for n, (lo, hi) in enumerate(spans, start=1)))
     anchors: list[Anchor] = []
     rejected: list[str] = []
@@ -260,7 +338,7 @@ async def summarize_chunk(lm: LM, docs: Sequence[str], doc: int, start: int, end
         if reason is not None:
             rejected.append(f"slice {n}: {reason}")
     numbered = [a.model_copy(update={"id": f"a{i}"}) for i, a in enumerate(anchors, start=1)]
-    return ChunkSummary(where=where, anchors=numbered, rejected=rejected,
+    return ChunkSummary(where=where, anchors=numbered, rejected=rejected, unread=unread,
                         from_cache=sum(1 for _, _, c in results if c))
 
 
@@ -271,8 +349,12 @@ __all__ = [
     "Anchor",
     "ChunkSummary",
     "SummaryCache",
+    "TextSpan",
     "locate_anchors",
+    "pick_slices",
+    "rank_slices",
     "slice_spans",
     "summarize_chunk",
     "summarize_slice",
+    "term_stems",
 ]

@@ -31,8 +31,6 @@ PostgreSQL; which process finalizes is team/coordination.py's coordinator role.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +51,7 @@ from delm_rlm.state.postgres_conn import is_postgres_url, parse_postgres_url
 from delm_rlm.state.protocol import RunState
 from delm_rlm.state.sqlite import RunStore, utc_now_iso
 from delm_rlm.team.config import CUSTOM_SANDBOX, TeamConfig
-from delm_rlm.team.coordination import Coordination
+from delm_rlm.team.coordination import Coordination, worker_name
 from delm_rlm.team.delm import DelmRole
 from delm_rlm.team.finalizer import finalize_round
 from delm_rlm.team.hybrid import HybridRole
@@ -128,6 +126,8 @@ class Team:
     max_finalize_rounds (3): finalization rounds (each may add tasks) before the last.
     max_plan_tasks (16): the most subtasks a model plan may have.
     max_added_tasks (32): the most tasks a run's agents and finalizer may add.
+    read_slices (1): reading path: the most ~8,000-char slices one task's summary reads, the
+        ones sharing most words with the question (None: all; the rest stay readable later).
     spot_check_sample (8): items of a partial resting on `classify` labels that the verifier
         re-labels independently (role "verifier"; 0: no spot checks).
     spot_check_agreement (0.75): the least agreement with the spot check a partial needs.
@@ -690,9 +690,3 @@ class Team:
         finally:
             renewer.cancel()
             state.task = None
-
-
-def worker_name() -> str:
-    """This process's name among a run's processes: host and pid."""
-    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in socket.gethostname())[:24] or "host"
-    return f"{host}-{os.getpid()}"
