@@ -346,7 +346,9 @@ async def label_votes(
             reply = await ask(prompt)
             results[i] = match_label(reply.strip().splitlines()[0] if reply.strip() else "", labels)
 
-        order = vote_order(n, vote)
+        # A blank item (an empty line of chunk.splitlines()) has nothing to label: it stays
+        # None and costs no call (a model asked about "" answers anything at all).
+        order = [i for i in vote_order(n, vote) if items[i].strip()]
         shown = [items[i] for i in order]
         batches = [[order[k] for k in b] for b in batch_indices(shown, batch_items, batch_chars)]
         await asyncio.gather(*(run_batch(b) for b in batches))
@@ -372,7 +374,8 @@ async def classify(
     rules: RulesSource | None = None,
     votes: int | None = None,
 ) -> list[str | None]:
-    """One allowed label per item (None where the model gave none of them twice).
+    """One allowed label per item (None where the model gave none of them twice, and for a
+    blank item, which is never sent).
 
     `instruction` says what the labels mean ("the kind of answer each question asks for").
     Batches run concurrently (the gateway's concurrency limit applies); budgets and usage

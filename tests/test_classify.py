@@ -198,3 +198,17 @@ async def test_a_team_agent_that_classifies_lines_is_verified_by_replay(tmp_path
     assert sum((Counter(g.value) for g in partials), Counter()) == expected
     assert all(g.evidence and g.evidence[-1].type == "code" for g in partials)
     assert judged == []
+
+
+async def test_blank_items_are_never_sent_to_the_model_and_stay_unlabelled() -> None:
+    # chunk.splitlines() keeps a chunk's empty lines: they cost no call, and no label is
+    # invented for them.
+    model = Labeller()
+    lm = ScriptedLM(model)
+    texts = [QUESTIONS[0][0], "", "   ", QUESTIONS[1][0]]
+    labels = await classify(lm, texts, LABELS, batch_items=10)
+    assert labels == [_gold(texts[0]), None, None, _gold(texts[3])]
+    assert all(not re.search(r"^\d+\. \s*$", p, re.MULTILINE) for p in model.prompts)
+    assert not [p for p in model.prompts if p.startswith("Give this item") and p.rstrip().endswith("Item:")]
+    assert await classify(lm, ["", " "], LABELS) == [None, None]
+    assert lm.usage.total.calls == len(model.prompts)

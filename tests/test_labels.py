@@ -275,6 +275,9 @@ def test_the_sample_is_drawn_the_same_way_for_the_same_claim() -> None:
     # Never the agent's own order (that prompt would be the agent's again).
     assert draw_sample(gist, replays, 50) != sorted(draw_sample(gist, replays, 50))
     assert sorted(draw_sample(gist, replays, 50)) == [(0, i) for i in range(len(items))]
+    # A blank item was never labelled (classify does not send it): it is never drawn.
+    blanks = [ReplayedLabels(1, ("", *items, "  "), tuple(LABELS), "", (None, *(GOLD[i] for i in items), None))]
+    assert all(0 < i <= len(items) for _, i in draw_sample(gist, blanks, 50))
 
 
 # -- rules reach every agent ----------------------------------------------------------------

@@ -126,8 +126,9 @@ class ReplayWatcher:
 def draw_sample(gist: Gist, replays: Sequence[ReplayedLabels], size: int) -> list[tuple[int, int]]:
     """(replay index, item index) pairs: `size` of the replays' items (all, when fewer),
     drawn by a generator seeded with the claim (task, text, value) and the calls, so the
-    same claim over the same labels always gets the same sample."""
-    pool = [(r, i) for r, replay in enumerate(replays) for i in range(len(replay.items))]
+    same claim over the same labels always gets the same sample. Blank items (never labelled,
+    `classify`) are not drawn: a rule about "" would teach nothing."""
+    pool = [(r, i) for r, replay in enumerate(replays) for i, item in enumerate(replay.items) if item.strip()]
     seed_text = json.dumps(
         [gist.provenance.task_id, gist.text, gist.value, [[list(r.items), list(r.labels), r.instruction] for r in replays]],
         ensure_ascii=False, default=str,
