@@ -230,12 +230,14 @@ async def test_a_partial_whose_labels_disagree_with_the_spot_check_is_rejected_o
         item = rule.evidence[0].quote
         assert rule.text == f'Label rule: "{item}" is {GOLD[item]}, not {careless[items.index(item)]}'
         assert DOC[rule.evidence[0].start:rule.evidence[0].end] == item
+        assert rule.note == f"quoted item verified; its label decided by 3 independent votes ({', '.join([GOLD[item]] * 3)})"
 
     assert admitted.status == "admitted" and admitted.checks == ["form", "code", "labels"], admitted.reason
     assert admitted.spot_check is not None and admitted.spot_check.passed and admitted.spot_check.agreement == 1.0
     # The cost is the verifier's: role "verifier" calls, and the spot-check counts in its stats.
     relabels, votes, judged = (model.calls.count(k) for k in ("relabel", "vote", "judge"))
-    assert relabels == 2 and votes == 3 and judged == len(rules)  # the disputes share each vote's call
+    # The disputes share each vote's call; the votes that decided a rule stand in for the judge.
+    assert relabels == 2 and votes == 3 and judged == 0
     assert set(lm.usage.by_role) == {"verifier"} and lm.usage.by_role["verifier"].calls == len(model.calls)
     stats = verifier.stats
     assert (stats.spot_checks, stats.spot_check_items, stats.spot_check_rejections) == (2, 8, 1)

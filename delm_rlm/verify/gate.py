@@ -26,7 +26,9 @@ order, cheapest first; it is ADMITTED only if every applicable stage passes:
 4. substance (`verify.substance`): a claim with quotes and no check or value must share
    its numbers, names and most content words with its evidence, before any judge is asked.
 5. judge (`verify.judge`): claims that carry no check (FACT, PARTIAL, CONSTRAINT) go to the
-   model (role "verifier"), which answers one line: `ADMIT: why` or `REJECT: why`.
+   model (role "verifier"), which answers one line: `ADMIT: why` or `REJECT: why`. A
+   labelling rule the spot check made from a dispute its votes decided, quoting its item,
+   is admitted on the quote and the votes instead (they were the independent check).
    Anything but a clear ADMIT is a rejection. With the judge off, a claimed value without a
    check is rejected (nothing can verify it), and a quote-only claim is admitted on
    stages 2 and 4.
@@ -172,7 +174,8 @@ class Verifier:
             lm, self.docs, sample=spot_check_sample, min_agreement=spot_check_agreement,
             votes=check_vote_count(votes), max_rules=max_label_rules,
             rules=lambda: label_rules(self.context)(),  # the context this verifier writes now
-            propose=lambda rule, source: self.verify(rule, source=source), trace=trace, stats=self.stats,
+            propose=lambda rule, source, decided: self.verify(rule, source=source, decided=decided),
+            trace=trace, stats=self.stats,
             on_rejected=on_labels_rejected,
         )
         self.conflicts = ConflictResolver(
@@ -208,6 +211,7 @@ class Verifier:
         require_check: bool | None = None,
         reject_empty: bool = False,
         support: Callable[[Gist], str | None] | None = None,
+        decided: str | None = None,
     ) -> Verdict:
         """Decide one proposal. `source`: text the claim is about (the task's chunk), shown
         to the judge; `check_vars`: the task's slice (`Chunk.repl_variables()`)
@@ -216,7 +220,10 @@ class Verifier:
         ({}, [], "") about a `source` with text is rejected as counting nothing (the team
         asks this on a task's first attempt only, so a truly empty chunk still gets in);
         `support`: a rule the gist must meet after its quotes check (the reason when it does
-        not), stage "support" (team reading path: `verify.support`)."""
+        not), stage "support" (team reading path: `verify.support`); `decided`: for the
+        spot check's own labelling rules only, how independent votes decided it: a rule whose
+        item is quoted from the corpus is then admitted on its quote and those votes, without
+        a judge (the same model asked a fourth time, about the whole chunk)."""
         started = time.perf_counter()
         self.stats.proposed += 1
         agent = gist.provenance.agent_id
@@ -288,7 +295,9 @@ class Verifier:
             if gist.kind == GistKind.QUESTION:
                 note = "an open question: asked, not verified"
             if gist.check is None and gist.kind in CLAIM_KINDS:
-                if self.judge:
+                if decided is not None and quotes and gist.kind == GistKind.CONSTRAINT:
+                    note = f"quoted item verified; its label {decided}"
+                elif self.judge:
                     shown = pending.model_copy(update={"evidence": [*pending.evidence, *added]})
                     with self._stage("judge", checks):
                         note = "judge: " + await judge_claim(self.lm, shown, source, self.judge_source_chars)

@@ -8,8 +8,9 @@ so does the verifier's own re-labelling. Rules come from two places:
 
 - an agent that meets an ambiguous case proposes a CONSTRAINT gist itself, quoting the items;
 - a disagreement a spot check found and its votes decided (`rule_gist`) becomes one, with the
-  item quoted from the corpus, proposed through the gate like any gist (quotes checked, then
-  the judge).
+  item quoted from the corpus, proposed through the gate like any gist: its quote is checked,
+  and the votes that decided it stand in for the judge (a rule whose item the corpus does not
+  hold goes to the judge).
 
 The prompt view lists CONSTRAINT gists first (`delm_rlm.gists.KIND_PRIORITY`).
 """

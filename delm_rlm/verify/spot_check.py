@@ -59,7 +59,8 @@ REPLAY_WINDOW = 256  # replayed classify calls kept for attributing them to chec
 # Claims a spot check applies to: the ones whose values are counted or reused.
 CHECKED_KINDS = frozenset({GistKind.PARTIAL, GistKind.FACT})
 
-Propose = Callable[[Gist, "str | None"], Awaitable[Verdict]]
+# (rule, source, decided): `decided` says which independent votes decided the rule's label.
+Propose = Callable[[Gist, "str | None", str], Awaitable[Verdict]]
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,8 @@ class SpotChecker:
             rule = rule_gist(d.item, str(d.decided), other, self.docs, task_id=gist.provenance.task_id, votes=d.votes)
             self.stats.label_rules += 1
             started = time.perf_counter()
-            verdict = await self.propose(rule, source)
+            said = ", ".join(v if v is not None else "(no label)" for v in d.votes)
+            verdict = await self.propose(rule, source, f"decided by {len(d.votes)} independent votes ({said})")
             # The rule's own verification counted its time already: not again in this stage's.
             nested = time.perf_counter() - started
             self.stats.seconds -= nested
