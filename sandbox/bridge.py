@@ -111,6 +111,10 @@ class SocketBridge:
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass  # the caller went away (e.g. its cell was interrupted)
+        except asyncio.CancelledError:
+            # `close` cancelled it: end quietly. This task is asyncio's per-connection task,
+            # whose done-callback logs a cancelled one as an unhandled error.
+            pass
         finally:
             if me is not None:
                 self._calls.discard(me)

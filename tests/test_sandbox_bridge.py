@@ -184,3 +184,27 @@ async def test_closing_a_sandbox_cancels_the_host_calls_its_cell_left_running() 
     finally:
         await asyncio.wait_for(box.close(), 30)
     assert seen["cancelled"].is_set()
+
+
+async def test_closing_with_a_call_in_flight_logs_no_error() -> None:
+    # asyncio logs a cancelled connection handler as "Exception in callback": a closed
+    # sandbox's cancelled calls must end quietly.
+    seen, hang = hanging_call()
+    box = KernelSandbox(timeout=20)
+    box.register("hang", hang)
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        await box.start()
+        cell = asyncio.create_task(box.execute("hang()"))
+        await asyncio.wait_for(seen["started"].wait(), 20)
+        await asyncio.wait_for(box.close(), 30)
+        cell.cancel()
+        await asyncio.gather(cell, return_exceptions=True)
+        await asyncio.sleep(0.05)  # done-callbacks run on the next loop turns
+    finally:
+        loop.set_exception_handler(previous)
+    assert seen["cancelled"].is_set()
+    assert errors == []
