@@ -448,6 +448,11 @@ async def test_a_long_part_is_read_where_the_question_points_and_the_rest_when_a
     note = next(s for s in shown if "Not read yet: " in s)
     assert "Not read yet: 2 slice(s)" in note
     steps = [e.data["action"] for e in result.trace if e.kind == "agent_step"]
+    # What a hybrid agent is told of its unread slices finds them in its chunk.
+    summary = await summarize_chunk(ScriptedLM(reading), [LONG_LEASE], 0, 0, len(LONG_LEASE), cache=None, trace=None,
+                                    tags={}, where="the lease", read=lambda texts: {1})
+    assert [LONG_LEASE.find(s.opening) for s in summary.unread] == [s.start for s in summary.unread] == [0, len(GARDEN) + len(NOTICE)]
+    assert "2 slice(s) of this part were not summarized" in summary.unread_note()
     assert any(a.startswith("reads 1 of 3 slices") for a in steps)
     store = RunStore(result.store_path)
     added = next(t for t in TaskQueue(store).all() if t.created_by == "a1")

@@ -82,7 +82,8 @@ class Anchor(BaseModel):
 
 
 class TextSpan(BaseModel):
-    """`docs[doc][start:end]`: a slice left unread, with its opening words to find it by."""
+    """`docs[doc][start:end]`: a slice left unread, with its opening words (verbatim, one
+    line) to find it by."""
 
     doc: int
     start: int
@@ -320,7 +321,7 @@ async def summarize_chunk(lm: LM, docs: Sequence[str], doc: int, start: int, end
     every = slice_spans(text)
     chosen = read([text[lo:hi] for lo, hi in every]) if read is not None else set(range(len(every)))
     spans = [span for i, span in enumerate(every) if i in chosen]
-    unread = [TextSpan(doc=doc, start=start + lo, end=start + hi, opening=" ".join(text[lo:hi].split())[:60])
+    unread = [TextSpan(doc=doc, start=start + lo, end=start + hi, opening=text[lo:hi].lstrip()[:60].split("\n")[0])
               for i, (lo, hi) in enumerate(every) if i not in chosen]
     if unread and trace is not None:
         trace.emit("agent_step", agent=tags.get("agent"), task=tags.get("task"),
