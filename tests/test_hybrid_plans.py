@@ -175,9 +175,12 @@ answer["content"] = "proposed"
 answer["ready"] = True
 ```'''
 
+    prompts_seen: list[str] = []
+
     def script(messages: list[dict], role: str) -> str:
         if role in {"finalizer", "verifier"}:
             return counts_finalizer("Answer: {total.get('x', 0)}") if role == "finalizer" else "REJECT: unsupported"
+        prompts_seen.append(messages[1]["content"])
         return stubborn
 
     result = await Team(ScriptedLM(script), agents=1, max_attempts=2, max_iterations=2,
@@ -192,3 +195,6 @@ answer["ready"] = True
     assert len(sent_back) == 2 * len(tasks)  # every attempt, not only the first
     assert all("classify(chunk.splitlines()" in reason and repr(label).replace("'", '"') in reason
                for reason in sent_back)
+    # Its task prompt's example labels the records; no field-splitting example to copy.
+    first = [p for p in prompts_seen if "Your task" in p]
+    assert first and all("labels = classify(records, [" in p and 'field = "' not in p for p in first)

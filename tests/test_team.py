@@ -109,6 +109,7 @@ async def test_hybrid_agent_prompt_shows_its_own_chunk_lines(tmp_path: Path) -> 
         first = messages[1]["content"]
         lines = first.split("Some of its lines:\n", 1)[1].split("Verified gists", 1)[0]
         seen[re.search(r"Your task (t\d+)", first).group(1)] = lines
+        seen["prompt"] = first
         return AGENT_CODE
 
     result = await Team(ScriptedLM(script), agents=1, plan="split", run_dir=tmp_path / "run").run(QUESTION, DOCS)
@@ -116,6 +117,8 @@ async def test_hybrid_agent_prompt_shows_its_own_chunk_lines(tmp_path: Path) -> 
     assert "  ham: report attached" in seen["t2"] and "spam: free cruise" not in seen["t2"]
     assert "  spam: free cruise" in seen["t3"] and "ham: report attached" not in seen["t3"]
     assert "in the exact form the question asks for" in seen["final"]
+    # The lines state what is counted: the example splits a field, and labels nothing.
+    assert 'field = "status: "' in seen["prompt"] and "classify(records" not in seen["prompt"]
 
 
 async def test_an_answer_set_without_propose_is_verified_by_replaying_the_agents_code(tmp_path: Path) -> None:

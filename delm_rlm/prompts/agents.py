@@ -334,6 +334,10 @@ Your chunk: {chunk_desc}. Some of its lines:
 Verified gists so far:
 {gists}
 {retry}
+{how}"""
+
+# How a chunk task computes its result, when its records state what the question asks about.
+TEAM_TASK_COUNT = """\
 Compute your chunk's result with code over `chunk`, share it with propose(), then finish. \
 For a question that counts or compares things, share the count of every value of the field \
 it is about (a dict, lines without the field under None), so the team can add chunks up. In \
@@ -353,6 +357,29 @@ print(dict(counts))
 '''
 exec(check)
 print(propose("partial", f"count per {{field.strip(': ')}} in my chunk: {{dict(counts)}}", value=dict(counts), check=check, method=True))
+answer["content"] = str(dict(counts))
+answer["ready"] = True
+```"""
+
+# The same, when the scout found that no record states it: every record needs a label, so
+# the example labels (a field-splitting example here is what a small model copies instead).
+TEAM_TASK_LABEL = """\
+No field of these records states what the question asks about: label the records with \
+classify, count the labels with code, share the counts with propose(), then finish. Share the \
+count of every label (a dict; records classify left unlabelled under None), so the team can add \
+chunks up. Use the labels the question names, spelled as it spells them. \
+Example: records like "2024-05-02 12:01 | user: ann | text: my parcel never came", question \
+"How many messages are complaints?" (labels 'complaint', 'praise', 'question'):
+```repl
+check = '''
+from collections import Counter
+records = [line for line in chunk.splitlines() if line.strip()]
+labels = classify(records, ["complaint", "praise", "question"])
+counts = Counter(labels)
+print(dict(counts))
+'''
+exec(check)
+print(propose("partial", f"count per label in my chunk: {{dict(counts)}}", value=dict(counts), check=check))
 answer["content"] = str(dict(counts))
 answer["ready"] = True
 ```"""

@@ -115,6 +115,7 @@ class HybridRole(Role):
                 chunk_desc=run.chunk_desc(chunk),
                 chunk_lines=prompts.sample_lines(run.chunk_text(chunk)),
                 gists=run.context.prompt_view(run.config.gist_tokens), retry=retry + method_note,
+                how=prompts.TEAM_TASK_LABEL if run.labelling else prompts.TEAM_TASK_COUNT,
             )
             tools_doc = prompts.TEAM_TOOLS_DOC + "\n" + prompts.LABEL_RULES_TOOLS_DOC
         answer_verdicts: list[Verdict] = []
