@@ -455,3 +455,48 @@ def test_chunking_modes() -> None:
         split_corpus(docs, size=0)
     with pytest.raises(TypeError, match="list of documents"):
         split_corpus("one text")  # type: ignore[arg-type]
+
+
+def failing_on_the_cruise_chunk(failures: int):
+    """Agents that work, except on the chunk holding "free cruise", whose first `failures`
+    replies break (an attempt is two: its step, and the final answer asked for when out of
+    steps; None: every reply)."""
+    left = {"n": failures}
+
+    def script(messages: list[dict], role: str) -> str:
+        if role == "finalizer":
+            return FINAL_CODE
+        if role == "verifier":
+            return "REJECT: nothing here should need the judge"
+        own_lines = messages[1]["content"].split("Some of its lines:\n", 1)[-1].split("Verified gists", 1)[0]
+        if "free cruise" in own_lines and (left["n"] is None or left["n"] > 0):
+            if left["n"] is not None:
+                left["n"] -= 1
+            return "```repl\nraise RuntimeError('this agent broke')\n```"
+        return AGENT_CODE
+
+    return script
+
+
+async def test_an_answer_leaving_out_a_failed_chunk_is_refused_and_the_chunk_redone(tmp_path: Path) -> None:
+    # Seen in the issue-14 benchmark: the only chunk task failed and the finalizer's
+    # add_up([]) answered "Answer: 0". A total must cover every chunk.
+    team = Team(ScriptedLM(failing_on_the_cruise_chunk(2)), agents=1, plan="split", max_attempts=1,
+                max_iterations=1, run_dir=tmp_path / "run")
+    result = await team.run(QUESTION, DOCS)
+    assert result.status == "answered", result.error
+    assert result.answer == str(TRUE_COUNT)
+    refused = [e.data["action"] for e in result.trace if e.kind == "agent_step" and "answer refused" in e.data["action"]]
+    assert len(refused) == 1 and "no verified partial covers the chunks of t3" in refused[0]
+    tasks = TaskQueue(RunStore(result.store_path)).all()
+    redo = [t for t in tasks if t.created_by == "a1"]
+    assert len(redo) == 1 and redo[0].state == TaskState.DONE
+    assert "again" in redo[0].goal and "Its last attempt failed: rejected on attempt 1/1" in redo[0].goal
+
+
+async def test_a_chunk_that_never_gets_a_partial_ends_the_run_without_an_answer(tmp_path: Path) -> None:
+    team = Team(ScriptedLM(failing_on_the_cruise_chunk(None)), agents=1, plan="split", max_attempts=1,
+                max_iterations=1, max_finalize_rounds=2, run_dir=tmp_path / "run")
+    result = await team.run(QUESTION, DOCS)
+    assert result.status == "error" and result.answer is None
+    assert "no verified partial covers the chunks of t3" in (result.error or "")

@@ -384,6 +384,16 @@ answer["content"] = str(dict(counts))
 answer["ready"] = True
 ```"""
 
+# The counting path's answer gate (team/role.py): chunks with no verified partial.
+TEAM_UNCOVERED = (
+    "no verified partial covers the chunks of {tasks} (their tasks failed): a total over the other "
+    "chunks would leave their records out"
+)
+TEAM_REDO_GOAL = (
+    "Work on {chunk_desc} again for the team question and propose its PARTIAL gist: the answer "
+    "was refused without it. Its last attempt failed: {reason}"
+)
+
 # Appended to a chunk task's goal when the scout found no record field stating what the
 # question asks about (e.g. a category every record must be given).
 TEAM_LABELLING_STEP = (

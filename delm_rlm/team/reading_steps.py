@@ -409,26 +409,17 @@ class ReadingSteps:
     def read_again(self, state: AgentState, reason: str) -> list[str]:
         """Queue the chunks no admitted gist covers again (within the added-task limit)."""
         run = self.run
-        covered = {
-            (c.doc, c.start, c.end)
-            for g in run.context.admitted(kinds=GistKind.PARTIAL)
-            if (c := run.chunks.get(g.provenance.task_id or "")) is not None and corpus_quotes(g, run.docs)
-        }
-        room = max(0, run.config.max_added_tasks - run.added_tasks)
-        added: list[str] = []
-        for chunk in list(run.chunks.values()):
-            key = (chunk.doc, chunk.start, chunk.end)
-            if key in covered or len(added) >= room:
-                continue
-            covered.add(key)
-            goal = prompts.READ_EVIDENCE_GOAL.format(chunk_desc=run.chunk_desc(chunk), reason=reason[:200])
-            task = run.queue.add(goal, created_by=state.agent_id)
-            run.chunks[task.id] = chunk
-            added.append(task.id)
-        if added:
-            run.store.set_meta(chunks={k: c.model_dump() for k, c in run.chunks.items()})
-            run.count_added_tasks(len(added))
-        return added
+        covered = {run.chunk_key(g.provenance.task_id) for g in run.context.admitted(kinds=GistKind.PARTIAL)
+                   if corpus_quotes(g, run.docs)}
+        first: dict[tuple[int, int, int], str] = {}
+        for task_id in run.chunks:
+            key = run.chunk_key(task_id)
+            if key is not None and key not in covered:
+                first.setdefault(key, task_id)
+        return run.requeue_chunks(
+            first.values(),
+            lambda chunk: prompts.READ_EVIDENCE_GOAL.format(chunk_desc=run.chunk_desc(chunk), reason=reason[:200]),
+            created_by=state.agent_id)
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
+from delm_rlm import prompts
 from delm_rlm.gists import Gist, GistKind
 from delm_rlm.state.queue import Task
 from delm_rlm.team.replies import answer_value
@@ -81,9 +82,25 @@ class Role(ABC):
 
     def refuse_answer(self, answer: str, gist_ids: list[str], last: bool) -> AnswerRefusal | None:
         """The answer gate: why the finalizer's `answer`, resting on `gist_ids`, may not end
-        the run (None: it may). `last`: no tasks may be added. The reading roles require
-        evidence read from the corpus (team/reading_steps.py); other roles accept."""
-        return None
+        the run (None: it may). `last`: no tasks may be added. Here (records, computed over
+        chunks): every chunk needs a verified partial, else a total would leave its records out
+        (the issue-14 run answered `Answer: 0` from no partial at all); those chunks are
+        queued again unless `last`. The reading roles require evidence read from the corpus
+        instead (team/reading_steps.py): an answer there may rest on one part."""
+        run = self.run
+        missing = run.chunks_without_partial()
+        if not missing:
+            return None
+        named = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        reason = prompts.TEAM_UNCOVERED.format(tasks=named)
+        if last:
+            return AnswerRefusal(reason, [])
+        errors = {t.id: t.last_error or "" for t in run.queue.all()}
+        return AnswerRefusal(reason, run.requeue_chunks(
+            missing, lambda chunk: prompts.TEAM_REDO_GOAL.format(
+                chunk_desc=run.chunk_desc(chunk), reason=next(
+                    (errors[t][:200] for t, c in run.chunks.items() if c == chunk and errors.get(t)), "it failed")),
+            created_by=self.state.agent_id))
 
     async def propose_answer(self, task: Task, answer: str) -> Verdict:
         """An answer with no proposal becomes a PARTIAL gist. When the agent computed it in

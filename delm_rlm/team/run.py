@@ -6,6 +6,7 @@ in the store)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from delm_rlm.chunking import Chunk
 from delm_rlm.classify import ClassificationLog
 from delm_rlm.corpus import Corpus
 from delm_rlm.errors import BudgetExceeded
-from delm_rlm.gists import Gist, Provenance
+from delm_rlm.gists import Gist, GistKind, Provenance
 from delm_rlm.llm import LM, Usage
 from delm_rlm.rlm import Cell
 from delm_rlm.state.context import SharedContext
@@ -148,6 +149,40 @@ class TeamRun:
         """Count `n` tasks the agents added (a store counter: a resume, or another process
         on the same run, goes on from the stored count)."""
         self.added_tasks = self.store.add_to_counter("added_tasks", n)
+
+    def chunk_key(self, task_id: str | None) -> tuple[int, int, int] | None:
+        chunk = self.chunks.get(task_id or "")
+        return None if chunk is None else (chunk.doc, chunk.start, chunk.end)
+
+    def chunks_without_partial(self) -> list[str]:
+        """The chunk tasks whose chunk no admitted PARTIAL covers (from that task or a later
+        one on the same chunk), first task per chunk: their tasks failed."""
+        covered = {self.chunk_key(g.provenance.task_id) for g in self.context.admitted(kinds=GistKind.PARTIAL)}
+        seen: set[tuple[int, int, int]] = set()
+        missing: list[str] = []
+        for task_id in self.chunks:
+            key = self.chunk_key(task_id)
+            if key is not None and key not in covered and key not in seen:
+                seen.add(key)
+                missing.append(task_id)
+        return missing
+
+    def requeue_chunks(self, task_ids: Iterable[str], goal: Callable[[Chunk], str], created_by: str) -> list[str]:
+        """A new task for each of these tasks' chunks, within the added-task limit; the new
+        tasks' ids (their chunks stored in the meta, the count kept)."""
+        room = max(0, self.config.max_added_tasks - self.added_tasks)
+        added: list[str] = []
+        for task_id in task_ids:
+            chunk = self.chunks.get(task_id)
+            if chunk is None or len(added) >= room:
+                continue
+            task = self.queue.add(goal(chunk), created_by=created_by)
+            self.chunks[task.id] = chunk
+            added.append(task.id)
+        if added:
+            self.store.set_meta(chunks={k: c.model_dump() for k, c in self.chunks.items()})
+            self.count_added_tasks(len(added))
+        return added
 
     def partial_answer(self) -> str | None:
         """The best answer a run that stopped early has: what is verified so far."""
