@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -36,6 +37,7 @@ from delm_rlm.methods import (
     TeamMethod,
     get_method,
     parse_methods,
+    stored_classifications,
 )
 from evals.evidence import answer_evidence
 from evals.labels import task_label_accuracy
@@ -146,14 +148,16 @@ def question_for(task: Task) -> Question:
     return Question.of(agent_question(task), task.get_context(), direct_prompt=direct_prompt)
 
 
-async def solve(name: str, task: Task, lm: LM, options: MethodOptions | None = None) -> Outcome:
+async def solve(name: str, task: Task, lm: LM, options: MethodOptions | None = None,
+                run_dir: Path | None = None) -> Outcome:
     """Method `name` on `task` through `lm` as it is (no session of its own, no timeout).
-    The run writes its directory under `delm_rlm.runs.default_runs_dir()`; the detail says where."""
+    The run writes its directory `run_dir` (None: a new one under
+    `delm_rlm.runs.default_runs_dir()`); the detail says where."""
     from delm_rlm.runs import new_run_dir
 
     options = options or MethodOptions()
     method = get_method(name)(options.model_copy(update={"answer_tokens": default_answer_tokens(task, options)}))
-    run_dir = new_run_dir()
+    run_dir = run_dir if run_dir is not None else new_run_dir()
     question = question_for(task)
     run = await method.answer(question, lm, run_dir=run_dir)
     detail = {**run.detail, "run_dir": str(run_dir)}
@@ -165,6 +169,20 @@ async def solve(name: str, task: Task, lm: LM, options: MethodOptions | None = N
     if labels is not None:  # the run labelled with classify(): how right those labels were
         detail["labels"] = labels
     return Outcome(answer=run.result.answer, status=run.result.status, error=run.result.error, detail=detail)
+
+
+def stopped_run_detail(task: Task, run_dir: Path) -> dict[str, Any]:
+    """What a run cut off by its timeout left to measure: its directory, and how right the
+    labels its classify calls had given were (a team's store keeps its classification log)."""
+    from delm_rlm.team.rundir import STORE_FILE
+
+    detail: dict[str, Any] = {"run_dir": str(run_dir)} if run_dir.exists() else {}
+    store = run_dir / STORE_FILE
+    if store.exists():
+        labels = task_label_accuracy(task, stored_classifications(str(store)))
+        if labels is not None:
+            detail["labels"] = labels
+    return detail
 
 
 # ------------------------------------------------------------------ runner
@@ -189,13 +207,16 @@ async def run_method(
         context_tokens: int | None = lm.count_tokens(task.get_context())
     except Exception:  # a missing context file is reported by solve() below
         context_tokens = None
+    from delm_rlm.runs import new_run_dir
+
+    run_dir = new_run_dir()
     t0 = time.monotonic()
     ended: float | None = None  # set where the run's time ends before this function returns
     try:
         if timeout_s is not None:
-            outcome = await asyncio.wait_for(solve(name, task, session, options), timeout_s)
+            outcome = await asyncio.wait_for(solve(name, task, session, options, run_dir), timeout_s)
         else:
-            outcome = await solve(name, task, session, options)
+            outcome = await solve(name, task, session, options, run_dir)
     except BudgetExceeded as exc:
         outcome = Outcome(answer=exc.partial_answer, status="budget", error=str(exc))
     except TimeoutError:
@@ -206,6 +227,7 @@ async def run_method(
         drained = await session.settle(timeout=max(60.0, timeout_s or 0.0))
         outcome.detail["drained_s"] = round(drained, 1)
         outcome.detail["still_in_flight"] = session.in_flight
+        outcome.detail.update(stopped_run_detail(task, run_dir))
     except Exception as exc:  # any failure of one task becomes that task's error
         outcome = Outcome(answer=None, status="error", error=f"{type(exc).__name__}: {exc}")
     seconds = (ended or time.monotonic()) - t0

@@ -3,6 +3,7 @@ labels (evals.labels), and the classification log that keeps the items to make t
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -106,3 +107,24 @@ async def test_an_rlm_row_reports_how_right_its_classify_labels_were(window: Tas
     assert labels["correct"] == locations and labels["coverage"] == 1.0
     assert labels["accuracy"] == pytest.approx(locations / len(truth.lines))
     assert task_label_accuracy(window, []) is None
+
+
+async def test_a_team_row_cut_off_by_its_timeout_still_reports_its_labels(window: Task) -> None:
+    # The issue-14 benchmark's hybrid rows timed out after labelling for minutes: the row
+    # keeps the run directory and measures the labels from the team's stored log.
+    hang = "wait for the slow part"
+    code = ("```repl\nlabels = classify(chunk.splitlines(), " + repr(LABELS) + ")\n"
+            f"print(llm_query({hang!r}))\n```")
+
+    async def script(messages: list[dict], role: str) -> str:
+        if role == "sub" and hang in messages[-1]["content"]:
+            await asyncio.Event().wait()
+        return _everything_is_a_location(messages, role) if role == "sub" else code
+
+    result = await run_method("hybrid", window, ScriptedLM(script), timeout_s=20)
+    assert result.status == "error" and result.error == "timed out after 20 s"
+    assert Path(result.detail["run_dir"]).is_dir()
+    labels = result.detail["labels"]
+    truth = _truth(window)
+    assert labels["calls"] >= 1 and labels["labelled"] == len(truth.lines)
+    assert labels["correct"] == sum(1 for _, _, label in truth.lines if label == "location")
