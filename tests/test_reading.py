@@ -212,6 +212,9 @@ def test_the_support_rule() -> None:
     assert support_problem("The notice is now sixty days [a3].", [notice], allowed) is None
     assert "cites no anchor" in support_problem("The notice is sixty days.", [], allowed)
     assert "a9, which the summary does not have" in support_problem("x [a9]", [notice], allowed, unknown=["a9"])
+    # Told which anchors there are: a small model citing a2..a5 of a one-point summary kept guessing.
+    told = support_problem("x [a2]", [], allowed, unknown=["a2"], known=["[a1] The notice is sixty days."])
+    assert told == "the gist cites a2, which the summary does not have: its points are [a1] The notice is sixty days."
     assert "states 45" in support_problem("The notice is 45 days [a3].", [notice], allowed)
     problem = support_problem("The landlord must repaint every kitchen cupboard yearly [a3].", [notice], allowed)
     assert problem is not None and "repaint" in problem

@@ -60,6 +60,7 @@ from delm_rlm.verify.support import corpus_quotes, stems, support_problem
 GIST_WORDS = 60  # the prompt asks for 50 words; longer gists are cut here (about 100 tokens)
 POINTS_CHARS = 3000  # the summary's points shown to the gist writer
 RETRIEVED_ANCHORS = 12  # anchors a task without a chunk reads, across the run's summaries
+KNOWN_ANCHORS_SHOWN = 6  # a gist citing anchors the summary lacks is told these
 SOURCE_AROUND_CHARS = 400  # raw text around each cited anchor shown to the judge
 
 _ANCHOR_ID = re.compile(r"\b[aA](\d{1,3})\b")
@@ -326,7 +327,8 @@ class ReadingSteps:
         ) or summary.render(MAX_SUMMARY_CHARS)
         return await run.verifier.verify(
             gist, source=source, require_check=False,
-            support=lambda _: support_problem(text, basis, allowed, unknown),
+            support=lambda _: support_problem(text, basis, allowed, unknown, known=[
+                f"[{a.id}] {a.point[:80]}" for a in summary.anchors[:KNOWN_ANCHORS_SHOWN]]),
         )
 
     # -- the finalizer and the answer gate -------------------------------------------------

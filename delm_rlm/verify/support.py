@@ -62,12 +62,13 @@ def content_words(text: str) -> list[str]:
 
 
 def support_problem(text: str, cited: Sequence[tuple[str, str]], allowed: str = "",
-                    unknown: Sequence[str] = ()) -> str | None:
+                    unknown: Sequence[str] = (), known: Sequence[str] = ()) -> str | None:
     """Why gist `text` is not supported by its `cited` anchors ((point, quote) pairs), given
     the question and choices in `allowed`; None when it is. `unknown`: cited ids the
     summary does not have."""
     if unknown:
-        return f"the gist cites {', '.join(unknown)}, which the summary does not have: cite its anchors (a1, a2, ...)"
+        has = f": its points are {'; '.join(known)}" if known else ": cite its anchors (a1, a2, ...)"
+        return f"the gist cites {', '.join(unknown)}, which the summary does not have{has}"
     if not cited:
         return "the gist cites no anchor of the summary: cite the points it rests on, like [a2]"
     basis = " ".join(f"{point} {quote}" for point, quote in cited)
