@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from delm_rlm import RunStore, ScriptedLM, Team, Trace
+from delm_rlm.prompts import READ_GIST_SYSTEM
 from delm_rlm.state.context import SharedContext
 from delm_rlm.state.queue import TaskQueue
 from delm_rlm.team.reading import needs_reading, route_question
@@ -461,3 +462,31 @@ async def test_a_long_part_is_read_where_the_question_points_and_the_rest_when_a
     added = next(t for t in TaskQueue(store).all() if t.created_by == "a1")
     gist = next(g for g in store.list_gists(status="admitted", kinds="partial") if g.provenance.task_id == added.id)
     assert "Parking bay" in gist.text and all(LONG_LEASE[e.start:e.end] == e.quote for e in gist.evidence)
+
+
+async def test_a_hybrid_answer_citing_no_point_is_written_as_a_gist_from_the_summary(tmp_path: Path) -> None:
+    """A small model sets answer = "The correct answer is (B)" without reading or citing: the
+    gist step writes the task's gist from the summary (one JSON call), and that is verified."""
+    gist_calls: list[str] = []
+
+    def script(messages: list[dict], role: str) -> str:
+        if role == "reader":
+            return reader(messages)
+        if role == "verifier":
+            return "ADMIT: the quotes say so"
+        if role == "finalizer":
+            return finalizer(messages)
+        last = messages[-1]["content"]
+        if messages[0]["content"].startswith(READ_GIST_SYSTEM[:40]):
+            gist_calls.append(last)
+            return json.dumps(gist_from(points_of(last)))
+        return "```repl\nanswer['content'] = 'The correct answer is (B)'\nanswer['ready'] = True\n```"
+
+    result = await Team(ScriptedLM(script), agents=2, run_dir=tmp_path).run(QUESTION, DOCS)
+    assert result.status == "answered", result.error
+    assert result.answer == "The correct answer is (B)"
+    assert len(gist_calls) == len(DOCS)  # one per task, from its summary's points
+    partials = RunStore(result.store_path).list_gists(status="admitted", kinds="partial")
+    assert len(partials) == 2 and all(re.search(r"\[a\d+\]", g.text) for g in partials)
+    steps = [e.data["action"] for e in result.trace if e.kind == "agent_step"]
+    assert sum("its answer cites no point" in a for a in steps) == len(DOCS)

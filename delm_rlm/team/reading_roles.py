@@ -27,7 +27,7 @@ from delm_rlm.state.queue import Task
 from delm_rlm.team.delm import DelmRole
 from delm_rlm.team.hybrid import HybridRole, TaskSandbox
 from delm_rlm.team.reading import Routing, route_question
-from delm_rlm.team.reading_steps import ReadingSteps
+from delm_rlm.team.reading_steps import ReadingSteps, cited_anchor_ids
 from delm_rlm.team.role import AnswerRefusal, FinalRound, Role, RoundOutcome, TaskOutcome
 from delm_rlm.team.summaries import ChunkSummary
 from delm_rlm.verify import Verdict
@@ -153,7 +153,20 @@ class HybridReadingRole(HybridRole):
         return TaskOutcome(outcome.answer, None)
 
     async def propose_answer(self, task: Task, answer: str) -> Verdict:
-        return await ReadingSteps.of(self.run).propose_gist(self.state, await self.current_summary(), answer)
+        """The answer, as the task's gist. One that cites no point of the summary (a small
+        model's bare "The correct answer is (B)") is written by the gist step from the
+        summary instead, as in delm mode: the support rule would refuse it every time."""
+        steps, summary = ReadingSteps.of(self.run), await self.current_summary()
+        if summary.anchors and not cited_anchor_ids(answer):
+            self.run.trace.emit("agent_step", agent=self.state.agent_id, task=task.id,
+                                action="its answer cites no point: the gist step writes the gist from the summary")
+            try:
+                reply, _ = await steps.write_gist(task, summary, self.state)
+            except LMError:
+                reply = None
+            if reply is not None:
+                return await steps.propose_gist(self.state, summary, reply.gist, reply.anchors, reply.choices)
+        return await steps.propose_gist(self.state, summary, answer)
 
     async def finalize(self, final: FinalRound) -> RoundOutcome:
         return await ReadingSteps.of(self.run).finalize(self.state, final)

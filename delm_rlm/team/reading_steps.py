@@ -125,6 +125,11 @@ class FinalReply(BaseModel):
         return [str(t.get("goal") or t.get("task") or "") if isinstance(t, dict) else str(t) for t in items]
 
 
+def cited_anchor_ids(text: str) -> list[str]:
+    """The anchor ids ("a3") that `text` cites."""
+    return [f"a{n}" for n in _ANCHOR_ID.findall(text)]
+
+
 def choice_verdict(text: str) -> str | None:
     """"supported", "contradicted" or None (not mentioned) from a gist's word for a choice."""
     t = text.casefold()
@@ -302,7 +307,7 @@ class ReadingSteps:
         run = self.run
         words = " ".join(str(text).split()).split()
         text = " ".join(words[:GIST_WORDS]) + (" ..." if len(words) > GIST_WORDS else "")
-        ids = list(dict.fromkeys([*_id_list(anchors), *(f"a{n}" for n in _ANCHOR_ID.findall(text))]))
+        ids = list(dict.fromkeys([*_id_list(anchors), *cited_anchor_ids(text)]))
         found = [(i, summary.anchor(i)) for i in ids if i]
         cited = [a for _, a in found if a is not None]
         unknown = [i for i, a in found if a is None]
@@ -431,5 +436,6 @@ __all__ = [
     "ReadingSteps",
     "choice_letter",
     "choice_verdict",
+    "cited_anchor_ids",
     "official_answer",
 ]

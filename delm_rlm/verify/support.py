@@ -70,7 +70,8 @@ def support_problem(text: str, cited: Sequence[tuple[str, str]], allowed: str = 
         has = f": its points are {'; '.join(known)}" if known else ": cite its anchors (a1, a2, ...)"
         return f"the gist cites {', '.join(unknown)}, which the summary does not have{has}"
     if not cited:
-        return "the gist cites no anchor of the summary: cite the points it rests on, like [a2]"
+        listed = f": its points are {'; '.join(known)}" if known else ", like [a2]"
+        return f"the gist cites no anchor of the summary: cite the points it rests on{listed}"
     basis = " ".join(f"{point} {quote}" for point, quote in cited)
     claimed = numbers(_ANCHOR_MARK.sub(" ", text)) - numbers(basis) - numbers(allowed)
     if claimed:
