@@ -53,7 +53,8 @@ class Evidence(BaseModel):
 def team_evidence(events: Sequence[TraceEvent], docs: Sequence[str]) -> Evidence:
     finals = [e for e in events if e.kind == "finalize"]
     if not finals:
-        return Evidence(read=False, how="the run never reached its finalizer")
+        rounds = any(e.kind == "agent_step" and str(e.data.get("action", "")).startswith("finalizing") for e in events)
+        return Evidence(read=False, how="its finalizer gave no answer" if rounds else "the run never reached its finalizer")
     answered_from = [str(i) for i in finals[-1].data.get("gist_ids") or []]
     admitted = {str(e.data.get("gist_id")) for e in events if e.kind == "gist_admitted"}
     proposed: dict[str, Gist] = {}

@@ -29,8 +29,12 @@ async def test_a_team_answer_from_a_gist_quoting_the_documents_rested_on_read_ev
     # documents that do not hold those quotes, is not read evidence.
     other = ["An unrelated memo about parking permits and office hours."] * len(DOCS)
     assert answer_evidence("delm", result.trace, other)["read"] is False
-    # ... and a trace that never finalized is not either.
-    unfinished = [e for e in result.trace if e.kind != "finalize"]
+    # ... and neither is a trace whose finalizer named no answer, nor one that never got there.
+    unanswered = [e for e in result.trace if e.kind != "finalize"]
+    assert answer_evidence("delm", unanswered, DOCS) == {
+        "read": False, "how": "its finalizer gave no answer", "gist_ids": []}
+    unfinished = [e for e in unanswered
+                  if not (e.kind == "agent_step" and str(e.data.get("action", "")).startswith("finalizing"))]
     assert answer_evidence("delm", unfinished, DOCS) == {
         "read": False, "how": "the run never reached its finalizer", "gist_ids": []}
 

@@ -369,6 +369,60 @@ async def test_a_task_the_finalizer_adds_reads_the_anchors_related_to_its_goal(t
     assert all(DOCS[ev.doc][ev.start:ev.end] == ev.quote for ev in gist.evidence)
 
 
+GRANT = (
+    "The council met on 4 June 2019 in the old town hall. After hearing the residents of the northern districts, "
+    "the planning officers and the two engineering firms that had surveyed the harbour wall through the winter "
+    "storms of the previous years, the council approved a repair grant of 5,000 euros. The work starts in autumn.\n"
+)
+GRANT_QUESTION = ("What is the correct answer to this question: How large was the repair grant?\nChoices:\n"
+                  "(A) 500 euros\n(B) 5,000 euros\n(C) 50,000 euros\n(D) No grant\n\n"
+                  'Format your response as follows: "The correct answer is (insert answer here)".')
+
+
+def grant_readers(gist: str) -> ScriptedLM:
+    """A reader whose first quote is the 280-character grant sentence (an anchor keeps 200 of
+    it, so the amount falls outside the quote) and whose points add a name the text lacks."""
+    sentence = GRANT[GRANT.index("After"):GRANT.index(" The work")]
+
+    def script(messages: list[dict], role: str) -> str:
+        if role == "reader":
+            return json.dumps({"points": [
+                {"point": "The council approved a repair grant of 5,000 euros.", "quote": sentence},
+                {"point": "Mayor Olsen chaired the council meeting in June 2019.", "quote": "The council met on 4 June 2019"},
+            ]})
+        if role == "verifier":
+            return "ADMIT: the quotes say so"
+        if role == "finalizer":
+            ids = re.findall(r"\[(g\d+) PARTIAL\]", messages[-1]["content"])
+            return json.dumps({"answer": "B", "gists": ids} if ids else {"answer": None, "gists": []})
+        return json.dumps({"gist": gist, "anchors": []})
+
+    return ScriptedLM(script)
+
+
+async def test_a_gist_is_checked_against_the_sentence_its_anchor_stands_in(tmp_path: Path) -> None:
+    """The amount is in the anchor's sentence but past its 200-character quote: the gist is
+    checked against the sentence (verbatim from the corpus) and admitted. A name that only
+    the reader's point gives, not the text, is refused whatever the point says."""
+    team = Team(grant_readers("The council approved a repair grant of 5,000 euros [a1]."), agents=1, mode="delm",
+                run_dir=tmp_path / "amount")
+    result = await team.run(GRANT_QUESTION, [GRANT])
+    assert result.status == "answered", result.error
+    assert result.answer == "The correct answer is (B)"
+    gist = RunStore(result.store_path).list_gists(status="admitted", kinds="partial")[0]
+    (quote,) = gist.evidence
+    assert GRANT[quote.start:quote.end] == quote.quote and quote.quote.startswith("After hearing")
+    assert quote.quote.endswith("repair grant of 5,000 euros.") and len(quote.quote) > 200
+
+    team = Team(grant_readers("Mayor Olsen chaired the meeting on 4 June 2019 [a2]."), agents=1, mode="delm",
+                max_attempts=2, max_finalize_rounds=1, run_dir=tmp_path / "name")
+    result = await team.run(GRANT_QUESTION, [GRANT])
+    assert result.status == "error" and result.answer is None
+    reasons = [e.data["reason"] for e in result.trace if e.kind == "gist_rejected"]
+    assert reasons and all("do not mention 'Olsen'" in r for r in reasons)
+    assert result.error.startswith("the finalizer gave no answer: no gist was verified (the failed tasks: t1: ")
+
+
 async def test_a_model_plan_on_the_reading_path_reads_the_corpus_before_its_tasks(tmp_path: Path) -> None:
     script = DelmReaders()
 

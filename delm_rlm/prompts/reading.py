@@ -12,7 +12,7 @@ You summarize one part of a long document for a team that will answer questions 
 you do not know the questions. Reply with JSON only:
 {"points": [{"point": "<one key fact, in your words>", "quote": "<5 to 25 words copied exactly from \
 the text that show it>"}]}
-At most 5 points: who, what, when, amounts, decisions, findings, claims. Copy each quote character \
+Give 3 to 5 points (fewer only for a very short text), from all over the text: who, what, when, amounts, decisions, findings, claims. Copy each quote character \
 for character from the text.
 
 Example. Text:

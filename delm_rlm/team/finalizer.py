@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from delm_rlm import prompts
 from delm_rlm.gists import GistKind
-from delm_rlm.state.queue import TaskState
+from delm_rlm.state.queue import Task, TaskState
 from delm_rlm.team.role import FinalRound, Role
 from delm_rlm.team.run import FINAL_TASK_ID, AgentState, TeamRun
 from delm_rlm.verify import disagreement
@@ -145,7 +145,8 @@ async def finalize_round(run: TeamRun, role: Role) -> None:
             return
         if answer is None:
             run.status = "error"
-            run.error = run.error or "the finalizer gave no answer"
+            run.error = run.error or no_answer_reason(run, failed)
+            run.trace.emit("error", agent=state.agent_id, task=FINAL_TASK_ID, message=run.error)
             run.done.set()
             return
         ids = answer_gist_ids(run, state)
@@ -160,6 +161,16 @@ async def finalize_round(run: TeamRun, role: Role) -> None:
         run.answer, run.answer_gist_ids = answer, ids
         run.trace.emit("finalize", agent=state.agent_id, task=FINAL_TASK_ID, answer=answer, gist_ids=ids)
         run.done.set()
+
+
+def no_answer_reason(run: TeamRun, failed: list[Task]) -> str:
+    """Why a finalizer that named no answer had none to give: what the shared context held."""
+    admitted = [g for g in run.context.admitted() if g.kind != GistKind.FAILURE]
+    if admitted:
+        return f"the finalizer gave no answer from the {len(admitted)} verified gist(s)"
+    why = "; ".join(f"{t.id}: {(t.last_error or 'failed')[:160]}" for t in failed[:4])
+    return ("the finalizer gave no answer: no gist was verified" + (f" (the failed tasks: {why})" if why else "")
+            + "; the run's trace shows each rejection (delm-rlm trace RUN_DIR)")
 
 
 def finish_whole(run: TeamRun, state: AgentState) -> None:

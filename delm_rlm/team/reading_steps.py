@@ -326,7 +326,7 @@ class ReadingSteps:
         except (ValidationError, ValueError) as exc:
             return Verdict(status="rejected", reason=f"bad gist: {validation_message(exc)}")
         allowed = f"{run.question} {state.task.goal if state.task else ''}"
-        basis = [(a.point, a.quote) for a in cited]
+        basis = [(a.point, a.passage) for a in cited]
         source = "\n[...]\n".join(
             run.docs[a.doc][max(0, a.start - SOURCE_AROUND_CHARS): a.end + SOURCE_AROUND_CHARS] for a in cited
         ) or summary.render(MAX_SUMMARY_CHARS)

@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import json
 import math
+import re
 import sqlite3
 import threading
 import time
@@ -54,8 +55,9 @@ SUMMARY_SLICE_CHARS = 8000
 MAX_POINTS_PER_SLICE = 5
 MAX_POINT_CHARS = 200
 MAX_ANCHOR_CHARS = 200  # an anchor is a short quote: a longer copy is cut (still verbatim)
+CONTEXT_REACH_CHARS = 300  # how far an anchor's context reaches past its quote, each side
 SUMMARY_TOKENS = 600  # the most a slice summary's reply may take
-SUMMARY_VERSION = 1  # in the cache key: a new prompt or rule makes cached summaries stale
+SUMMARY_VERSION = 2  # in the cache key: a new prompt or rule makes cached summaries stale
 SUMMARY_CACHE_FILE = "summaries.sqlite"
 BM25_K1, BM25_B = 1.2, 0.75  # the usual Okapi constants
 
@@ -72,8 +74,21 @@ class Anchor(BaseModel):
     start: int
     end: int
     mapped: bool = False  # the model's quote was a near copy, mapped to this span
+    # The quote widened to the sentences it stands in (verbatim, at most CONTEXT_REACH_CHARS
+    # further each side): `docs[doc][start - lead : start - lead + len(context)]`. A claim
+    # is checked against this passage, not against a quote the model cut mid-sentence.
+    context: str = ""
+    lead: int = 0
+
+    @property
+    def passage(self) -> str:
+        """The verbatim text a claim about this anchor may rest on: its context, or its quote."""
+        return self.context or self.quote
 
     def evidence(self) -> QuoteEvidence:
+        if self.context:
+            start = self.start - self.lead
+            return QuoteEvidence(doc=self.doc, start=start, end=start + len(self.context), quote=self.context)
         return QuoteEvidence(doc=self.doc, start=self.start, end=self.end, quote=self.quote)
 
     def line(self, quote_chars: int = 90) -> str:
@@ -187,6 +202,34 @@ def pick_slices(texts: Sequence[str], query: str, max_slices: int | None) -> set
     return set(sorted(range(len(texts)), key=lambda i: (-scores[i], i))[:max_slices])
 
 
+_SENTENCE_END = re.compile(r"[.!?;:][\"')\]]*\s+|\n")
+
+
+def sentence_context(text: str, start: int, end: int, reach: int = CONTEXT_REACH_CHARS) -> tuple[int, int]:
+    """[lo, hi) of `text` around `text[start:end]`: widened to the sentence ends (., !, ?, ;,
+    :, a line end) nearest outside it, at most `reach` characters each side (cut at a word
+    end when no sentence ends within reach)."""
+    before = text[max(0, start - reach): start]
+    ends = list(_SENTENCE_END.finditer(before))
+    if ends:
+        lo = start - len(before) + ends[-1].end()
+    elif start - reach <= 0:
+        lo = 0
+    else:
+        space = before.find(" ")
+        lo = start - len(before) + (space + 1 if space >= 0 else 0)
+    after = text[end: end + reach]
+    found = _SENTENCE_END.search(after)
+    if found:
+        hi = end + found.end()
+    elif end + reach >= len(text):
+        hi = len(text)
+    else:
+        space = after.rfind(" ")
+        hi = end + (space if space >= 0 else len(after))
+    return lo, max(end, lo + len(text[lo:hi].rstrip()))
+
+
 def locate_anchors(text: str, points: Any, offset: int, doc: int, docs: Sequence[str]) -> tuple[list[Anchor], list[str]]:
     """The anchors of a slice summary's points (`text` is the slice, at `offset` in document
     `doc`), each checked by the quote verifier; and what was wrong with the others."""
@@ -216,8 +259,10 @@ def locate_anchors(text: str, points: Any, offset: int, doc: int, docs: Sequence
             if end < match.end:  # cut a long copy at a word end: still verbatim
                 end = start + max(1, text[start:end].rfind(" "))
             exact = text[start:end]
+            lo, hi = sentence_context(text, start, end)
             anchor = Anchor(point=point, quote=exact, doc=doc, start=offset + start, end=offset + end,
-                            mapped=" ".join(quote.split()) != " ".join(exact.split()))
+                            mapped=" ".join(quote.split()) != " ".join(exact.split()),
+                            context=text[lo:hi], lead=start - lo)
             problem = check_quote(anchor.evidence(), docs)
             if problem is not None:
                 problems.append(f"point {n}: {problem}")
@@ -344,6 +389,7 @@ async def summarize_chunk(lm: LM, docs: Sequence[str], doc: int, start: int, end
 
 
 __all__ = [
+    "CONTEXT_REACH_CHARS",
     "MAX_POINTS_PER_SLICE",
     "SUMMARY_SLICE_CHARS",
     "SUMMARY_VERSION",
@@ -354,6 +400,7 @@ __all__ = [
     "locate_anchors",
     "pick_slices",
     "rank_slices",
+    "sentence_context",
     "slice_spans",
     "summarize_chunk",
     "summarize_slice",

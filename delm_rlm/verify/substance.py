@@ -10,8 +10,8 @@ evidence (the quoted spans, and the verifier's own output of any code evidence):
    than what: one after a word for a place in the corpus ("doc 1", "line 5", "chunk 3",
    "lines 10-20", "row 7") and one equal to a cited document's index;
 2. every name in the claim occurs in the evidence: a word of two letters or more with a
-   capital letter that does not open the claim (one letter is a label, such as a choice),
-   or a phrase the claim puts in quotes;
+   capital letter that does not open the claim or one of its sentences (one letter is a
+   label, such as a choice), or a phrase the claim puts in quotes (each piece of it, when an ellipsis leaves words out);
 3. at least half of the claim's other content words (three letters or more, not a common
    function word or a word about the corpus itself such as "doc", "line", "chunk") occur in
    the evidence, a word matching another when one begins with the other and the shorter has
@@ -35,6 +35,8 @@ _REFERENCE = re.compile(
     r"\s*(?:no\.?|#)?\s*(\d+)(?:\s*(?:-|\u2013|to|and)\s*(\d+))?",
     re.IGNORECASE,
 )
+_ELLIPSIS = re.compile(r"\[(?:\.{3}|\u2026)\]|\.{3}|\u2026")
+_OPENS_SENTENCE = re.compile(r"(?:^|[.!?:]\s*)\W*$")
 _QUOTED = re.compile(r"'([^']{2,})'|\"([^\"]{2,})\"|\u2018([^\u2019]{2,})\u2019|\u201c([^\u201d]{2,})\u201d")
 
 # Function words, and words about the corpus itself: neither is substance a quote shows.
@@ -94,14 +96,20 @@ def unsupported(claim: str, evidence: Sequence[str], cited_docs: Iterable[int] =
         )
     pool = set(_words(source))
     quoted = [next(g for g in m.groups() if g) for m in _QUOTED.finditer(claim)]
-    missing_phrases = [q for q in quoted if " ".join(q.split()).lower() not in source_lower]
+    # A quoted phrase with an ellipsis ("In memory ... Fund") leaves words out: each piece
+    # must be in the evidence.
+    missing_phrases = [q for q in quoted
+                       if any(piece not in source_lower for piece in
+                              (" ".join(p.split()).lower() for p in _ELLIPSIS.split(q)) if len(piece) >= 2)]
     if missing_phrases:
         return f"the quotes do not contain {missing_phrases[0]!r}, which the claim quotes"
     unquoted = _QUOTED.sub(" ", claim)
     tokens = _WORD.findall(unquoted)
-    # One letter is a label (a choice "(B)", an option), not a name the quotes must carry.
-    names = [t for i, t in enumerate(tokens) if i > 0 and len(t) > 1 and any(c.isupper() for c in t)
-             and t.lower() not in STOPWORDS]
+    # A capital that opens a sentence (or follows a label such as "t1: ") is not a name; one
+    # letter is a label (a choice "(B)", an option), not a name the quotes must carry.
+    names = [m.group() for m in _WORD.finditer(unquoted)
+             if not _OPENS_SENTENCE.search(unquoted[: m.start()]) and len(m.group()) > 1
+             and any(c.isupper() for c in m.group()) and m.group().lower() not in STOPWORDS]
     missing_names = [n for n in names if not _matches(n.lower(), pool)]
     if missing_names:
         return f"the quotes do not mention {missing_names[0]!r}, which the claim names"
