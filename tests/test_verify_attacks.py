@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import fake_e2b
@@ -29,6 +31,7 @@ from delm_rlm.trace import Trace
 from delm_rlm.values import compare_printed, is_nothing, values_equal
 from delm_rlm.verify import Verifier
 from delm_rlm.verify.code_check import answer_replay_check, check_parts
+from delm_rlm.verify.substance import spelled_numbers, unsupported
 from sandbox import E2BSandbox, KernelSandbox
 from sandbox import isolation as iso
 
@@ -337,6 +340,44 @@ async def test_quotes_must_carry_the_claim_and_values_need_a_check(tmp_path: Pat
     async with verifier:
         judged = await verifier.verify(Gist(kind="fact", text="the answer is 999", evidence=[lunch], provenance=PROV))
     assert judged.status == "rejected" and "verifier" not in judge.usage.by_role
+
+
+def test_the_substance_rule_reads_amounts_in_words_quotes_with_gaps_and_sentence_openings() -> None:
+    """Read on LongBench-v2: a pledge "of Five Thousand Dollars" gisted as $5,000, a phrase
+    quoted with "...", and "t1: Jordan ..." where the task label opens the claim."""
+    pledge = ["I will pay to the order of the Treasurer the sum of Five Thousand Dollars; to be known as the "
+              "Mary Yates Johnston Memorial Fund"]
+    assert unsupported("She pledged $5,000 to the Treasurer", pledge) is None
+    assert "6,000" in (unsupported("She pledged $6,000 to the Treasurer", pledge) or "")
+    assert unsupported("It is the 'Mary Yates ... Memorial Fund'", pledge) is None
+    assert "which the claim quotes" in (unsupported("It is the 'Mary Yates ... Memorial Trust'", pledge) or "")
+    assert "'Olsen'" in (unsupported("t1: Treasurer Olsen is paid the sum", pledge) or "")
+    assert unsupported("t1: Treasurer is paid the sum. Memorial fund named", pledge) is None
+
+
+def spell(n: int) -> str:
+    units = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+             "sixteen seventeen eighteen nineteen").split()
+    tens = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+    def below_thousand(k: int) -> str:
+        words = [f"{units[k // 100]} hundred"] if k >= 100 else []
+        k %= 100
+        if k >= 20:
+            words.append(tens[k // 10 - 2] + (f"-{units[k % 10]}" if k % 10 else ""))
+        elif k or not words:
+            words.append(units[k])
+        return " and ".join(words)
+
+    if n < 1000:
+        return below_thousand(n)
+    rest = n % 1000
+    return f"{below_thousand(n // 1000)} thousand" + (f" {below_thousand(rest)}" if rest else "")
+
+
+@given(st.integers(min_value=0, max_value=999_999))
+def test_a_number_spelled_out_in_the_text_has_its_value(n: int) -> None:
+    assert spelled_numbers(f"the sum of {spell(n)} dollars") == {float(n)}
 
 
 # -- the other backend and the replayed tools ------------------------------------------------

@@ -321,7 +321,9 @@ class ReadingSteps:
         try:
             gist = Gist(kind=GistKind.PARTIAL, text=head + tail,
                         summary=backing + summary.render(MAX_SUMMARY_CHARS - len(backing)),
-                        evidence=[a.evidence() for a in cited][:MAX_EVIDENCE_ITEMS],
+                        # two anchors in one sentence share their passage: it is quoted once
+                        evidence=list({(e.doc, e.start, e.end): e for e in (a.evidence() for a in cited)}.values())
+                        [:MAX_EVIDENCE_ITEMS],
                         provenance=run.provenance(state))
         except (ValidationError, ValueError) as exc:
             return Verdict(status="rejected", reason=f"bad gist: {validation_message(exc)}")

@@ -6,7 +6,7 @@ A quote proves only that its words are in the corpus; without the rule, "the ans
 deterministic and deliberately simple; it compares the claim's text with the text of its
 evidence (the quoted spans, and the verifier's own output of any code evidence):
 
-1. every number in the claim occurs in the evidence, except numbers that say where rather
+1. every number in the claim occurs in the evidence (in digits or spelled out), except numbers that say where rather
    than what: one after a word for a place in the corpus ("doc 1", "line 5", "chunk 3",
    "lines 10-20", "row 7") and one equal to a cited document's index;
 2. every name in the claim occurs in the evidence: a word of two letters or more with a
@@ -55,6 +55,40 @@ MIN_WORD = 3
 MIN_STEM = 4
 
 
+_UNITS = {w: n for n, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * n for n, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+_SCALES = {"thousand": 1_000, "million": 1_000_000, "billion": 1_000_000_000}
+
+
+def spelled_numbers(text: str) -> set[float]:
+    """The values of the numbers `text` spells out ("Five Thousand Dollars" -> 5000.0, "two
+    hundred and forty-one" -> 241.0): a quote states an amount in words as often as in digits."""
+    values: set[float] = set()
+    total = current = 0
+    seen = False
+    words = re.findall(r"[a-z]+", text.lower())
+    for i, word in enumerate(words):
+        if word in _UNITS or word in _TENS:
+            current += _UNITS.get(word, 0) + _TENS.get(word, 0)
+            seen = True
+        elif word == "hundred" and seen:
+            current = max(current, 1) * 100
+        elif word in _SCALES and seen:
+            total, current = total + max(current, 1) * _SCALES[word], 0
+        elif word == "and" and seen and i + 1 < len(words) and words[i + 1] in {*_UNITS, *_TENS}:
+            continue
+        else:
+            if seen:
+                values.add(float(total + current))
+            total = current = 0
+            seen = False
+    if seen:
+        values.add(float(total + current))
+    return values
+
+
 def _number_value(text: str) -> float | None:
     try:
         return float(text.replace(",", ""))
@@ -81,7 +115,7 @@ def unsupported(claim: str, evidence: Sequence[str], cited_docs: Iterable[int] =
     else the reason, naming what is missing."""
     source = " ".join(evidence)
     source_lower = " ".join(source.split()).lower()
-    source_numbers = {_number_value(n) for n in _NUMBER.findall(source)}
+    source_numbers = {_number_value(n) for n in _NUMBER.findall(source)} | spelled_numbers(source)
     exempt = {float(d) for d in cited_docs}
     for found in _REFERENCE.finditer(claim):
         exempt.update(float(n) for n in found.groups() if n is not None)
