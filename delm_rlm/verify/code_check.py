@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,7 @@ from delm_rlm.values import (
     states_value,
 )
 from delm_rlm.verify.check_process import MARKER, install_code
+from delm_rlm.verify.literals import literal_hints
 from delm_rlm.verify.verdict import Rejection, VerificationStats
 
 if TYPE_CHECKING:
@@ -273,9 +274,13 @@ class CheckRunner:
         if not output.strip():
             raise Rejection("code", f"{what} printed nothing: end it with print(value)", output=output)
 
-    def _require_dependence(self, real: CheckRun, empty: CheckRun | None, what: str) -> None:
+    def _require_dependence(
+        self, real: CheckRun, empty: CheckRun | None, what: str, code: str,
+        source: str | None, labels: Collection[str],
+    ) -> None:
         """The output must change on the empty counterfactual, unless it is a "nothing
-        found" value (see the module docstring)."""
+        found" value (see the module docstring). The rejection names the text the code looks
+        for that `source` lacks (`verify.literals`): the usual reason an output ignores the data."""
         if empty is None or not empty.ok:
             return  # it failed or stopped on the empty input: it reads the data
         same = collapse_whitespace(empty.output) == collapse_whitespace(real.output) or states_value(
@@ -284,18 +289,23 @@ class CheckRunner:
         if not same or is_nothing(parse_printed(real.output)):
             return
         shown = collapse_whitespace(real.output)[:80]
+        hints = literal_hints(code, source, labels)
         raise Rejection(
             "code",
             f"{what} prints the same ({shown!r}) when chunk, docs, context and df are empty: its "
             "output does not come from the data. Compute the value from chunk (or docs, df) in "
-            "the code and print it",
+            "the code and print it" + (f". {hints}" if hints else ""),
             output=real.output,
         )
 
-    async def run(self, gist: Gist, check_vars: Mapping[str, Any]) -> str:
+    async def run(
+        self, gist: Gist, check_vars: Mapping[str, Any], *, source: str | None = None,
+        labels: Collection[str] = (),
+    ) -> str:
         """Run `gist.check` and return what it printed; raise a `Rejection` when it fails,
         times out, crashes, prints nothing, prints something other than exactly
-        `gist.value`, or prints the same on the empty counterfactual."""
+        `gist.value`, or prints the same on the empty counterfactual. `source` (the text the
+        check reads) and `labels` (names `classify` gives) only shape that last reason."""
         if gist.check is None:
             raise ConfigError(f"gist {gist.id} has no check to run: only a gist with a check has a code stage")
         # A "nothing found" claim needs no counterfactual: the empty input gives it too.
@@ -313,7 +323,7 @@ class CheckRunner:
             else:
                 reason = f"claimed value {gist.value!r} but the check printed {collapse_whitespace(output)[:120]!r}"
             raise Rejection("code", reason, output=output)
-        self._require_dependence(real, empty, "the check")
+        self._require_dependence(real, empty, "the check", gist.check, source, labels)
         return output
 
     async def rerun_evidence(self, evidence: CodeEvidence, check_vars: Mapping[str, Any]) -> CodeEvidence:
@@ -329,5 +339,5 @@ class CheckRunner:
                 f"({given[:80]!r}): give the code, the verifier runs it and keeps what it prints",
                 output=real.output,
             )
-        self._require_dependence(real, empty, "evidence code")
+        self._require_dependence(real, empty, "evidence code", evidence.code, None, ())
         return CodeEvidence(code=evidence.code, output=real.output)

@@ -17,6 +17,7 @@ from typing import Any
 
 from delm_rlm import prompts
 from delm_rlm.gists import Gist, GistKind
+from delm_rlm.verify.literals import literal_hints
 from delm_rlm.verify.verdict import Rejection
 
 # `for line in chunk` walks a str character by character, so no "line" holds a field: the
@@ -72,4 +73,6 @@ def check_empty_result(gist: Gist, source: str | None, labels: Sequence[str]) ->
         what = prompts.VERIFY_EMPTY_WHAT
         if counts_only_no_value(gist.value):
             what = prompts.VERIFY_NO_VALUE_WHAT.format(key=next(iter(gist.value)))
-        raise Rejection("empty", empty_result_reason(lines, labels, gist.check, what))
+        hints = literal_hints(gist.check, source, labels)
+        reason = empty_result_reason(lines, labels, gist.check, what)
+        raise Rejection("empty", f"{hints} {reason}" if hints else reason)

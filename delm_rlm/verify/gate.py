@@ -273,7 +273,8 @@ class Verifier:
                         rerun = await self.checks.rerun_evidence(ev, check_vars or {})
                         added.append(CodeEvidence(code=rerun.code, output=rerun.output[:MAX_OUTPUT_KEPT]))
                     if gist.check is not None:
-                        output = await self.checks.run(gist, check_vars or {})
+                        output = await self.checks.run(
+                            gist, check_vars or {}, source=source, labels=self.label_hint)
                         added.append(CodeEvidence(code=gist.check, output=output[:MAX_OUTPUT_KEPT]))
                 if gist.check is not None:
                     replayed = self.replays.since(replay_mark, source)

@@ -45,6 +45,7 @@ from delm_rlm.values import collapse_whitespace, parse_printed, values_equal
 from delm_rlm.verify.agreement import AgreementRules, count_shape, describe_shape
 from delm_rlm.verify.code_check import CHECK_TIMEOUT_SECONDS, CheckRun, CheckRunner, last_error_line
 from delm_rlm.verify.empty_result import matched_nothing
+from delm_rlm.verify.literals import literal_hints
 from delm_rlm.verify.form import MAX_CHECK_CHARS
 from delm_rlm.verify.gate import MAX_OUTPUT_KEPT, failure_gist
 from delm_rlm.verify.replay import AGENT_ONLY_NAMES
@@ -194,8 +195,9 @@ class MethodGate:
             raise Rejection("method", f"{where} it printed nothing", output=output)
         value = printed_value(output)
         if matched_nothing(value):
-            raise Rejection("method", f"{where} its result is {value!r}: it matched nothing there",
-                            output=output)
+            hints = literal_hints(code, target.chunk.text(self.docs))
+            raise Rejection("method", f"{where} its result is {value!r}: it matched nothing there"
+                            + (f". {hints}" if hints else ""), output=output)
         if shape is not None and value_shape(value) != shape:
             got = describe_shape(value) if count_shape(value) else f"a {value_shape(value)}"
             raise Rejection("method", f"{where} it gave {got}, not the {shape} it gives elsewhere", output=output)
