@@ -18,7 +18,7 @@ from delm_rlm.state.context import SharedContext
 from delm_rlm.state.sqlite import RunStore
 from delm_rlm.trace import Trace
 from delm_rlm.verify import Verifier, answer_replay_check
-from delm_rlm.verify.literals import unmatched_literals
+from delm_rlm.verify.literals import pattern_text, unmatched_literals
 from sandbox import make_sandbox
 
 LOG = "\n".join(
@@ -43,15 +43,29 @@ def test_patterns_spacing_and_absent_words_are_each_named() -> None:
     )
     hints = unmatched_literals(code, CSV)
     assert len(hints) == 2, hints
-    assert "the pattern 'region=(\\\\w+)' matches nothing in the data" == hints[0]
+    assert "in the pattern 'region=(\\\\w+)', 'region=' occurs nowhere in the data" in hints[0]
     assert "'West' occurs nowhere in the data" in hints[1]
     (spacing,) = unmatched_literals("print(chunk.count('INFO  worker'))", LOG)
     assert "'INFO  worker' is not in the data, but 'INFO worker' is: the spacing differs" == spacing
 
 
-def test_a_case_insensitive_pattern_match_is_shown() -> None:
-    hints = unmatched_literals("import re\nprint(len(re.findall('warn', chunk)))", LOG)
-    assert hints == ["the pattern 'warn' matches nothing, but matches 'WARN' when case is ignored"]
+def test_a_pattern_is_read_for_its_plain_text_never_run() -> None:
+    """The host never runs an agent's regular expression (a pattern like `(a+)+$` could
+    hang it on a long corpus): it reads off the text every match must contain."""
+    # Its longest plain run ('worker-') is in the data: what else fails cannot be told unrun.
+    assert unmatched_literals("import re\nprint(len(re.findall(r'worker-\\d+: (warn)', chunk)))", LOG) == []
+    (hint,) = unmatched_literals("import re\nprint(len(re.findall(r'(\\d+) warn ', chunk)))", LOG)
+    assert "' warn ' is not in the data, but ' WARN ' is (once)" in hint
+    assert pattern_text(r"(a+)+$") == "" and pattern_text(r"ab|cd") == "" and pattern_text(r"(?i)label") == ""
+    assert pattern_text(r"Label:\s*(\w+)") == "Label:" and pattern_text(r"colou?r") == "colo"
+    assert pattern_text(r"[Ll]abel: x{2}y") == "abel: " and pattern_text(r"ERROR\]") == "ERROR]"
+
+
+def test_code_that_ignores_case_is_not_told_to_match_it() -> None:
+    for code in ("n = sum(' error ' in line.lower() for line in chunk.splitlines())",
+                 "import re\nn = re.findall(' error ', chunk, re.I)",
+                 "n = df[df['line'].str.contains(' error ', case=False)]"):
+        assert unmatched_literals(code, LOG) == [], code
 
 
 def test_text_the_code_does_not_match_against_the_data_is_never_reported() -> None:
@@ -83,7 +97,7 @@ def test_a_literal_the_data_contains_gives_no_hint(text: str, data: st.DataObjec
 def test_a_literal_swapped_in_case_is_found_under_the_datas_case(word: str) -> None:
     text = f"id 1 || Status: {word.upper()}\nid 2 || Status: other\n"
     (hint,) = unmatched_literals(f"print(chunk.count({word!r}))", text)
-    assert f"but {word.upper()!r} is (1 times)" in hint
+    assert f"but {word.upper()!r} is (once)" in hint
 
 
 def _verifier(tmp_path: Path, docs: list[str]) -> Verifier:
@@ -128,5 +142,5 @@ async def test_an_empty_partial_is_sent_back_with_the_field_the_lines_spell_othe
     async with verifier:
         verdict = await verifier.verify(gist, source=CSV, check_vars={"chunk": CSV}, reject_empty=True)
     assert verdict.status == "rejected" and verdict.stage == "empty"
-    assert "'region' is not in the data, but 'Region' is (1 times)" in verdict.reason
+    assert "'region' is not in the data, but 'Region' is (once)" in verdict.reason
     assert "4 non-empty lines" in verdict.reason

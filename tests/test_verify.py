@@ -456,3 +456,30 @@ async def test_counts_all_under_none_are_sent_back_once_with_the_labelling_hint(
     assert "every count is under None" in first.reason and "4 non-empty lines" in first.reason
     assert 'classify(chunk.splitlines(), ["spam", "ham"])' in first.reason
     assert retry.status == "admitted", retry.reason
+
+
+async def test_a_replay_keeps_what_a_failed_cell_set_before_its_error(tmp_path: Path) -> None:
+    """Agents define a list in a cell that then fails and use it in the next one (issue-12
+    benchmark: `user_ids`). The replay runs that cell up to its error, as the REPL did, so the
+    answer checks; code that parses in no interpreter is left out, since it never ran."""
+    from delm_rlm.rlm import Cell
+    from delm_rlm.verify.replay import replay_check
+
+    def cell(code: str, error: str | None = None) -> Cell:
+        return Cell(iteration=1, code=code, stdout="", stderr="", error=error, timed_out=False, duration_s=0.0)
+
+    cells = [
+        cell("words = ['spam', 'ham']\nbad = words + 1", error="TypeError: can only concatenate list"),
+        cell("this is not python (", error="SyntaxError: invalid syntax"),
+        cell("text = '''first\nsecond'''\nraise ValueError(text)", error="ValueError: first"),
+        cell("n = sum(1 for line in docs[0].splitlines() if line.split(':')[0] in words)\n"
+             "answer['content'] = f'{n} {len(text.splitlines())}'\nanswer['ready'] = True"),
+    ]
+    check = replay_check(cells)
+    assert check is not None and "this is not python" not in check
+    verifier, _, _ = _verifier(tmp_path, judge=False)
+    async with verifier:
+        verdict = await verifier.verify(
+            Gist(kind="partial", text="t1: 4 2", value="4 2", check=check, provenance=PROV), source=DOCS[0])
+    assert verdict.status == "admitted", verdict.reason
+    assert replay_check([cell("x = 1", error="NameError: y")]) is None  # nothing ran cleanly

@@ -519,11 +519,10 @@ VERIFY_ITERATES_CHARACTERS = (
 # What a program looks for that its data lacks (delm_rlm.verify.literals), after a result
 # that matched nothing or did not change on an emptied corpus.
 LITERAL_HINTS_HEAD = "What the code looks for that the data does not contain:"
-LITERAL_OTHER_CASE = "{literal} is not in the data, but {found} is ({times} times): match the case the data uses"
+LITERAL_OTHER_CASE = "{literal} is not in the data, but {found} is ({times}): match the case the data uses"
 LITERAL_OTHER_SPACING = "{literal} is not in the data, but {found} is: the spacing differs"
 LITERAL_NOWHERE = "{literal} occurs nowhere in the data: print a few records and match what they contain"
-LITERAL_PATTERN_CASE = "the pattern {pattern} matches nothing, but matches {found} when case is ignored"
-LITERAL_PATTERN_NOWHERE = "the pattern {pattern} matches nothing in the data"
+LITERAL_IN_PATTERN = "in the pattern {pattern}, {hint}"
 # The agreement stage (delm_rlm.verify.agreement): a chunk's partial against the team's
 # admitted partials (schema) and against its own records (coverage).
 VERIFY_OTHERS_USE = " (the team's admitted partials use the keys {keys})"

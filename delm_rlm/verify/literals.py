@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Collection, Iterator
+from typing import NamedTuple
 
 from delm_rlm import prompts
 
@@ -37,9 +38,36 @@ def _is_text(node: ast.AST) -> bool:
     return isinstance(node, ast.Constant) and isinstance(node.value, str) and bool(node.value.strip())
 
 
-def _literals(tree: ast.AST) -> Iterator[tuple[tuple[int, int], str, bool]]:
-    """((line, column), literal, is_pattern) for each string literal the code matches
-    against text."""
+class _Literal(NamedTuple):
+    at: tuple[int, int]  # (line, column) in the code
+    text: str
+    is_pattern: bool
+    ignores_case: bool  # the code lowers (or uppers) what it matches, or passes re.I
+
+
+_CASE_METHODS = frozenset({"lower", "upper", "casefold", "title", "capitalize", "swapcase"})
+
+
+def _ignores_case(*nodes: ast.AST) -> bool:
+    """Whether any of `nodes` changes case (`line.lower()`) or asks for it to be ignored
+    (`re.I`, `re.IGNORECASE`, pandas' `case=False`)."""
+    for node in nodes:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Attribute) and sub.attr in _CASE_METHODS | {"I", "IGNORECASE"}:
+                return True
+            if (isinstance(sub, ast.keyword) and sub.arg == "case"
+                    and isinstance(sub.value, ast.Constant) and sub.value.value is False):
+                return True
+    return False
+
+
+def _literal(node: ast.AST, is_pattern: bool, *context: ast.AST) -> _Literal:
+    return _Literal((node.lineno, node.col_offset), node.value, is_pattern,  # type: ignore[attr-defined]
+                    _ignores_case(*context))
+
+
+def _literals(tree: ast.AST) -> Iterator[_Literal]:
+    """Each string literal the code matches against text."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
             first = node.args[0]
@@ -47,46 +75,93 @@ def _literals(tree: ast.AST) -> Iterator[tuple[tuple[int, int], str, bool]]:
                 continue
             owner = node.func.value
             if isinstance(owner, ast.Name) and owner.id == "re" and node.func.attr in _PATTERN_FUNCTIONS:
-                yield (first.lineno, first.col_offset), first.value, True  # type: ignore[attr-defined]
+                yield _literal(first, True, *node.args[1:], *node.keywords)
             elif node.func.attr in _MATCHING_METHODS:
-                yield (first.lineno, first.col_offset), first.value, False  # type: ignore[attr-defined]
+                yield _literal(first, False, owner, *node.keywords)
         elif isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
             for op, left, right in zip(node.ops, sides, sides[1:]):
                 if isinstance(op, (ast.In, ast.NotIn)) and _is_text(left):
-                    yield (left.lineno, left.col_offset), left.value, False  # type: ignore[attr-defined]
+                    yield _literal(left, False, right)
                 elif isinstance(op, (ast.Eq, ast.NotEq)):
-                    for side in (left, right):
+                    for side, other in ((left, right), (right, left)):
                         if _is_text(side):
-                            yield (side.lineno, side.col_offset), side.value, False  # type: ignore[attr-defined]
+                            yield _literal(side, False, other)
 
 
 def _shown(text: str) -> str:
     return repr(text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "...")
 
 
-def _pattern_hint(pattern: str, text: str) -> str | None:
-    try:
-        compiled = re.compile(pattern)
-    except re.error:
-        return None  # the code fails on it itself, with Python's own message
-    if compiled.search(text):
-        return None
-    loose = re.compile(pattern, re.IGNORECASE).search(text)
-    if loose:
-        return prompts.LITERAL_PATTERN_CASE.format(pattern=_shown(pattern), found=_shown(loose.group(0)))
-    return prompts.LITERAL_PATTERN_NOWHERE.format(pattern=_shown(pattern))
+_QUANTIFIERS = frozenset("*+?{")
 
 
-def _text_hint(literal: str, text: str) -> str | None:
+def _skip_class(pattern: str, i: int) -> int:
+    """The index after the character class opening at `pattern[i]` ('[')."""
+    j = i + 1
+    if j < len(pattern) and pattern[j] == "^":
+        j += 1
+    if j < len(pattern) and pattern[j] == "]":
+        j += 1  # a ']' first in a class is a member
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
+
+
+def pattern_text(pattern: str) -> str:
+    """The longest run of plain text every match of a regular expression contains, read
+    without compiling it: an agent's pattern is never run on the host (one like `(a+)+$`
+    could take hours on a long corpus). A class (`\\w`, `[...]`), a group, an anchor or a
+    quantified character breaks a run; a pattern with an alternation or inline flags gives
+    "" (no text every match must contain can be read off it this simply)."""
+    if "|" in pattern or "(?" in pattern:
+        return ""
+    runs: list[str] = [""]
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "[":
+            i, piece = _skip_class(pattern, i), None
+        elif ch == "{":
+            close = pattern.find("}", i)
+            i, piece = (len(pattern) if close < 0 else close + 1), None
+        elif ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            i, piece = i + 2, (None if nxt.isalnum() else nxt)
+        elif ch in ".^$()*+?":
+            i, piece = i + 1, None
+        else:
+            i, piece = i + 1, ch
+        if piece is not None and i < len(pattern) and pattern[i] in _QUANTIFIERS:
+            piece = None  # this character may repeat or be absent
+        if piece is None:
+            runs.append("")
+        else:
+            runs[-1] += piece
+    return max(runs, key=len)
+
+
+def _pattern_hint(pattern: str, text: str, ignores_case: bool) -> str | None:
+    """About the pattern's plain text (`pattern_text`), when the data lacks it."""
+    plain = pattern_text(pattern)
+    if len(plain.strip()) < 2 or plain in text:
+        return None  # nothing the data must contain, or it does: the rest cannot be told safely
+    hint = _text_hint(plain, text, ignores_case)
+    return None if hint is None else prompts.LITERAL_IN_PATTERN.format(pattern=_shown(pattern), hint=hint)
+
+
+def _text_hint(literal: str, text: str, ignores_case: bool) -> str | None:
     if literal in text:
         return None
     other_case = re.compile(re.escape(literal), re.IGNORECASE)
     found = other_case.search(text)
+    if found and ignores_case:
+        return None  # the code matches it in any case, and the data has it
     if found:
         times = sum(1 for _ in other_case.finditer(text))
         return prompts.LITERAL_OTHER_CASE.format(
-            literal=_shown(literal), found=_shown(found.group(0)), times=f"{times:,}")
+            literal=_shown(literal), found=_shown(found.group(0)),
+            times="once" if times == 1 else f"{times:,} times")
     stripped = " ".join(literal.split())
     if stripped != literal and stripped in text:
         return prompts.LITERAL_OTHER_SPACING.format(literal=_shown(literal), found=_shown(stripped))
@@ -106,11 +181,12 @@ def unmatched_literals(code: str | None, text: str | None, labels: Collection[st
         return []
     hints: list[str] = []
     seen: set[tuple[str, bool]] = set()
-    for _, literal, is_pattern in sorted(_literals(tree), key=lambda item: item[0]):
-        if (literal, is_pattern) in seen or literal in labels:
+    for found in sorted(_literals(tree), key=lambda item: item.at):
+        key = (found.text, found.is_pattern)
+        if key in seen or found.text in labels:
             continue
-        seen.add((literal, is_pattern))
-        hint = _pattern_hint(literal, text) if is_pattern else _text_hint(literal, text)
+        seen.add(key)
+        hint = (_pattern_hint if found.is_pattern else _text_hint)(found.text, text, found.ignores_case)
         if hint is not None:
             hints.append(hint)
         if len(hints) == MAX_HINTS:

@@ -11,6 +11,8 @@ import ast
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from delm_rlm.verify.code_check import answer_replay_check
+
 if TYPE_CHECKING:
     from delm_rlm.rlm import Cell
 
@@ -22,21 +24,39 @@ AGENT_ONLY_NAMES = frozenset(
 )
 
 
+def _replayable(code: str) -> ast.Module | None:
+    try:
+        return ast.parse(code)
+    except SyntaxError:
+        return None
+
+
 def replay_check(cells: Sequence[Cell]) -> str | None:
     """A check that replays an agent's cells and prints the answer they set, or None when
-    the cells cannot run without the agent's REPL (a team tool or a sub-model call, or no
-    cell ran cleanly). Failed cells are left out: they changed nothing the answer used, or
-    the answer would not have been set."""
-    codes = [c.code for c in cells if c.error is None and not c.timed_out and c.code.strip()]
-    if not codes:
-        return None
-    for code in codes:
-        try:
-            tree = ast.parse(code)
-        except SyntaxError:
-            return None
+    the cells cannot run without the agent's REPL (a team tool or a sub-model call, a clean
+    cell that is not plain Python, or no cell ran cleanly).
+
+    A cell that raised is replayed too, inside `try`, so it stops at its error as it did in
+    the REPL and keeps what it set before it: agents define a list in a cell that then
+    fails and use it in the next (issue-12 benchmark: `user_ids` from a failed cell, a
+    NameError in the replay that left it out). A cell that did not parse changed nothing
+    and is left out; a timed-out one cannot be replayed in a check's time and is left out."""
+    codes: list[str] = []
+    for cell in cells:
+        if cell.timed_out or not cell.code.strip():
+            continue
+        tree = _replayable(cell.code)
+        if tree is None:
+            if cell.error is None:
+                return None  # it ran (IPython syntax?) but a plain interpreter cannot run it
+            continue
         if any(isinstance(n, ast.Name) and n.id in AGENT_ONLY_NAMES for n in ast.walk(tree)):
             return None
-    return "\n".join(
-        ['answer = {"content": None, "ready": False}', *codes, 'print(answer["content"])']
-    )
+        if cell.error is None:
+            codes.append(cell.code)
+        else:
+            # exec, not an indented copy: indenting would change a multi-line string in it
+            codes.append(f"try:\n    exec({cell.code!r})\nexcept Exception:\n    pass")
+    if not any(cell.error is None and not cell.timed_out and cell.code.strip() for cell in cells):
+        return None
+    return answer_replay_check(codes)
