@@ -68,6 +68,24 @@ def test_code_that_ignores_case_is_not_told_to_match_it() -> None:
         assert unmatched_literals(code, LOG) == [], code
 
 
+def test_a_name_bound_to_one_string_is_read_as_that_string() -> None:
+    """The team's own prompt example binds the field to a name (`field = "status: "`);
+    agents copy it as `field = "label: "` over lines that say `Label: ` (issue-12 32K run:
+    four chunks counted everything under None). A name bound to two values is not read."""
+    lines = "a || Label: x\nb || Label: y\n"
+    copied = (
+        "from collections import Counter\n"
+        "field = \"label: \"\n"
+        "counts = Counter(line.split(field)[1].split(' |')[0] if field in line else None "
+        "for line in chunk.splitlines())\n"
+        "print(dict(counts))\n"
+    )
+    assert unmatched_literals(copied, lines) == [
+        "'label: ' is not in the data, but 'Label: ' is (2 times): match the case the data uses"]
+    assert unmatched_literals("field = 'a'\nfield = 'label: '\nparts = chunk.split(field)", lines) == []
+    assert unmatched_literals("for field in ['label: ']:\n    parts = chunk.split(field)", lines) == []
+
+
 def test_text_the_code_does_not_match_against_the_data_is_never_reported() -> None:
     """An answer template, an f-string, a dict key, a label classify gives: none of them is
     looked up in the data, so none is named."""

@@ -34,8 +34,32 @@ MAX_HINTS = 4
 _SHOWN_CHARS = 60
 
 
-def _is_text(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, str) and bool(node.value.strip())
+def _constants(tree: ast.AST) -> dict[str, str]:
+    """Names the code binds to one string, always the same (`field = "label: "`, as the
+    team's own prompt example writes it), so `line.split(field)` is read as a literal."""
+    bound: dict[str, str | None] = {}
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.For, ast.NamedExpr)) else [])
+        for target in targets:
+            for name in (n.id for n in ast.walk(target) if isinstance(n, ast.Name)):
+                value = getattr(node, "value", None)
+                text = value.value if (
+                    isinstance(node, ast.Assign) and isinstance(target, ast.Name)
+                    and isinstance(value, ast.Constant) and isinstance(value.value, str)) else None
+                bound[name] = text if bound.get(name, text) == text else None
+    return {name: text for name, text in bound.items() if text is not None}
+
+
+def _text_of(node: ast.AST, names: dict[str, str]) -> str | None:
+    """The non-blank string `node` is: a literal, or a name bound to one."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        text: str | None = node.value
+    elif isinstance(node, ast.Name):
+        text = names.get(node.id)
+    else:
+        return None
+    return text if text and text.strip() else None
 
 
 class _Literal(NamedTuple):
@@ -61,32 +85,37 @@ def _ignores_case(*nodes: ast.AST) -> bool:
     return False
 
 
-def _literal(node: ast.AST, is_pattern: bool, *context: ast.AST) -> _Literal:
-    return _Literal((node.lineno, node.col_offset), node.value, is_pattern,  # type: ignore[attr-defined]
+def _literal(node: ast.AST, text: str, is_pattern: bool, *context: ast.AST) -> _Literal:
+    return _Literal((node.lineno, node.col_offset), text, is_pattern,  # type: ignore[attr-defined]
                     _ignores_case(*context))
 
 
 def _literals(tree: ast.AST) -> Iterator[_Literal]:
-    """Each string literal the code matches against text."""
+    """Each string the code matches against text."""
+    names = _constants(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
             first = node.args[0]
-            if not _is_text(first):
+            text = _text_of(first, names)
+            if text is None:
                 continue
             owner = node.func.value
             if isinstance(owner, ast.Name) and owner.id == "re" and node.func.attr in _PATTERN_FUNCTIONS:
-                yield _literal(first, True, *node.args[1:], *node.keywords)
+                yield _literal(first, text, True, *node.args[1:], *node.keywords)
             elif node.func.attr in _MATCHING_METHODS:
-                yield _literal(first, False, owner, *node.keywords)
+                yield _literal(first, text, False, owner, *node.keywords)
         elif isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
             for op, left, right in zip(node.ops, sides, sides[1:]):
-                if isinstance(op, (ast.In, ast.NotIn)) and _is_text(left):
-                    yield _literal(left, False, right)
+                if isinstance(op, (ast.In, ast.NotIn)):
+                    text = _text_of(left, names)
+                    if text is not None:
+                        yield _literal(left, text, False, right)
                 elif isinstance(op, (ast.Eq, ast.NotEq)):
                     for side, other in ((left, right), (right, left)):
-                        if _is_text(side):
-                            yield _literal(side, False, other)
+                        # only literals here: a name compared is as likely a value read from the data
+                        if isinstance(side, ast.Constant) and (text := _text_of(side, names)) is not None:
+                            yield _literal(side, text, False, other)
 
 
 def _shown(text: str) -> str:
