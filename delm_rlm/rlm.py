@@ -34,7 +34,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, PrivateAttr
 
@@ -43,6 +43,8 @@ from delm_rlm.classify import ClassificationLog
 from delm_rlm.classify import classify as classify_items
 from delm_rlm.codeblocks import close_open_fence, extract_code_blocks, prose_in_blocks, strip_code_blocks
 from delm_rlm.errors import EndpointFailing
+from delm_rlm.literals import cell_error_hint
+from delm_rlm.rlm_answer import AnswerCheck, read_answer
 from delm_rlm.llm import LM, Budget, BudgetExceeded, LMError
 from delm_rlm.result import FinishedBy, Result
 from delm_rlm.trace import Trace, observe_model_calls
@@ -94,12 +96,6 @@ class LoopOutcome(BaseModel):
 AnswerGate = Callable[[str, Sequence["Cell"]], Awaitable[str | None]]
 
 
-class _AnswerCheck(NamedTuple):
-    ready: bool
-    content: str | None  # set (possibly partial) answer text
-    note: str | None  # what to tell the model, when the answer is set wrongly
-
-
 @dataclass
 class _LoopState:
     """Per-loop state shared with the REPL tools (they run on the host, in the bridge)."""
@@ -109,69 +105,6 @@ class _LoopState:
     cells: list[Cell] = field(default_factory=list)
 
 
-_READY_WORDS = frozenset({"true", "yes", "1"})
-
-
-def _is_ready(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return value == 1
-    if isinstance(value, str):
-        return value.strip().lower() in _READY_WORDS
-    return False
-
-
-def _as_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    return text.strip() or None
-
-
-# Reads `answer` inside the REPL and prints a plain-data summary (one JSON line): the value
-# itself may hold numpy scalars or other objects that cannot (and need not) reach the host.
-_PROBE = """\
-def __delm_probe():
-    g = globals()
-    if "answer" not in g:
-        return {"defined": False}
-    a = g["answer"]
-    def text(v):
-        if v is None:
-            return None
-        try:
-            return v if isinstance(v, str) else str(v)
-        except Exception as e:
-            return f"<unprintable {type(v).__name__}: {e}>"
-    if isinstance(a, dict):
-        r = a.get("ready")
-        if not (r is None or isinstance(r, (bool, int, float, str))):
-            r = text(r)
-        return {"defined": True, "dict": True, "content": text(a.get("content")), "ready": r}
-    return {"defined": True, "dict": False, "kind": type(a).__name__,
-            "value": text(a) if isinstance(a, (str, int, float)) else None}
-print(__import__("json").dumps(__delm_probe()))
-del __delm_probe
-"""
-
-
-def _check_answer(probe: dict[str, Any]) -> _AnswerCheck:
-    """Apply the finish rules (module doc) to the probe of the REPL's `answer`."""
-    if not probe.get("defined"):
-        return _AnswerCheck(False, None, prompts.ANSWER_MISSING)
-    if probe.get("dict"):
-        content = _as_text(probe.get("content"))
-        ready = _is_ready(probe.get("ready"))
-        if ready and content is not None:
-            return _AnswerCheck(True, content, None)
-        if ready:
-            return _AnswerCheck(False, None, prompts.ANSWER_EMPTY)
-        return _AnswerCheck(False, content, prompts.ANSWER_NOT_READY if content else None)
-    note = prompts.ANSWER_REBOUND.format(kind=probe.get("kind", "value"))
-    return _AnswerCheck(False, _as_text(probe.get("value")), note)
-
-
 def _as_text_context(text: Any) -> str:
     if isinstance(text, str):
         return text
@@ -179,6 +112,16 @@ def _as_text_context(text: Any) -> str:
         return "\n\n".join(t if isinstance(t, str) else json.dumps(t) for t in text)
     return json.dumps(text)
 
+
+
+def _context_text(context: Any) -> str | None:
+    """The REPL context as text for error hints: a str, or a list of str joined by lines; a
+    table gives None (its cells are not lines)."""
+    if isinstance(context, str):
+        return context
+    if isinstance(context, (list, tuple)) and all(isinstance(d, str) for d in context):
+        return "\n".join(context)
+    return None
 
 class RLM:
     """A recursive language-model agent over one sandboxed REPL.
@@ -273,7 +216,8 @@ class RLM:
             await sb.start()
             await sb.load_context(context)
             outcome = await self.loop(
-                sb, question=question, context_description=description, lm=lm, trace=trace
+                sb, question=question, context_description=description, lm=lm, trace=trace,
+                corpus_text=_context_text(context),
             )
         except Exception as exc:  # the run reports failures; it does not raise them
             message = f"{type(exc).__name__}: {exc}"
@@ -326,6 +270,7 @@ class RLM:
         trace: Trace | None = None,
         accept: AnswerGate | None = None,
         system_prompt: str | None = None,
+        corpus_text: str | None = None,
     ) -> LoopOutcome:
         """Run the REPL loop in `sb` (started, context loaded) until a finish, a limit or a budget.
 
@@ -337,6 +282,8 @@ class RLM:
         loop; a reason sends it back to the agent, whose answer is reset, and counts as a
         failed step (the team verifies answers here, so a rejection costs a step, not a
         whole new attempt). `system_prompt` replaces the RLM's own (e.g. a team's reading agents).
+        `corpus_text`: the text the agent works on, when the host has it: a failed cell is told
+        what that text says about its error (`literals.cell_error_hint`).
         """
         trace = trace if trace is not None else (self.trace if self.trace is not None else Trace())
         state = _LoopState()
@@ -361,11 +308,11 @@ class RLM:
                 answer=answer, status=status, iterations=iteration, cells=state.cells, **kw
             )
 
-        async def run_blocks(blocks: list[str]) -> tuple[list[str], _AnswerCheck | None, bool]:
+        async def run_blocks(blocks: list[str]) -> tuple[list[str], AnswerCheck | None, bool]:
             """Run a reply's blocks in order; stop at a finish or at the first failing block."""
             nonlocal partial, last_stdout
             feedback: list[str] = []
-            check: _AnswerCheck | None = None
+            check: AnswerCheck | None = None
             for n, code in enumerate(blocks, 1):
                 emit("agent_step", iteration=iteration, action=f"running code ({code.count(chr(10)) + 1} lines)")
                 result = await sb.execute(code, timeout=self.cell_timeout)
@@ -383,7 +330,9 @@ class RLM:
                     else prompts.RLM_BLOCK_OUTPUT.format(n=n, output=shown)
                 )
                 feedback.append(label)
-                check = await _read_answer(sb)
+                if not result.ok and (hint := cell_error_hint(code, result.error, corpus_text)):
+                    feedback.append(hint)
+                check = await read_answer(sb)
                 if check.content is not None:
                     partial = check.content
                 if check.ready:
@@ -491,7 +440,7 @@ class RLM:
 
         except BudgetExceeded as exc:
             try:
-                answer = (await _read_answer(sb)).content or partial
+                answer = (await read_answer(sb)).content or partial
             except SandboxError:
                 answer = partial
             if answer is None and last_stdout is not None:
@@ -616,6 +565,7 @@ class RLM:
             return await self.loop(
                 sb, question=question, context_description=description, lm=lm,
                 agent_id=agent_id, task_id=task_id, role="sub", trace=trace,
+                corpus_text=_context_text(context),
             )
         finally:
             await sb.close()
@@ -664,19 +614,6 @@ class RLM:
             note = prompts.HISTORY_OMITTED.format(n=drop // 2)
             messages[1] = {"role": "user", "content": f"{first}\n\n{note}"}
         return messages + history[drop:]
-
-
-async def _read_answer(sb: Sandbox) -> _AnswerCheck:
-    result = await sb.execute(_PROBE, timeout=30)
-    lines = result.stdout.strip().splitlines()
-    try:
-        probe = json.loads(lines[-1]) if result.ok and lines else None
-    except ValueError:
-        probe = None
-    if not isinstance(probe, dict):
-        reason = (result.error or "no reading").splitlines()[0][:200]
-        return _AnswerCheck(False, None, prompts.ANSWER_UNREADABLE.format(reason=reason))
-    return _check_answer(probe)
 
 
 def _window(lm: LM, role: str) -> int | None:

@@ -24,10 +24,10 @@ MAX_LINES = 700
 LAYERS: dict[str, int] = {
     "delm_rlm.errors": 0, "delm_rlm.values": 0, "delm_rlm.gists": 0, "delm_rlm.chunking": 0,
     "delm_rlm.corpus": 0, "delm_rlm.trace": 0, "delm_rlm.codeblocks": 0, "delm_rlm.prompts": 0,
-    "delm_rlm.console": 0, "delm_rlm.runs": 0,
+    "delm_rlm.console": 0, "delm_rlm.runs": 0, "delm_rlm.literals": 0,
     "delm_rlm.llm": 1, "delm_rlm.state": 1, "sandbox": 1, "delm_rlm.classify": 1,
     "delm_rlm.result": 1,
-    "delm_rlm.rlm": 2, "delm_rlm.verify": 2, "delm_rlm.team": 2, "delm_rlm.trace_html": 2,
+    "delm_rlm.rlm": 2, "delm_rlm.rlm_answer": 2, "delm_rlm.verify": 2, "delm_rlm.team": 2, "delm_rlm.trace_html": 2,
     "delm_rlm.live": 2, "tasks": 2, "delm_rlm.trace_charts": 2, "delm_rlm.otel": 2,
     "delm_rlm.methods": 3, "delm_rlm.preview": 3,
     "evals": 4,

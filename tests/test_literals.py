@@ -18,7 +18,7 @@ from delm_rlm.state.context import SharedContext
 from delm_rlm.state.sqlite import RunStore
 from delm_rlm.trace import Trace
 from delm_rlm.verify import Verifier, answer_replay_check
-from delm_rlm.verify.literals import pattern_text, unmatched_literals
+from delm_rlm.literals import cell_error_hint, pattern_text, unmatched_literals
 from sandbox import make_sandbox
 
 LOG = "\n".join(
@@ -162,3 +162,20 @@ async def test_an_empty_partial_is_sent_back_with_the_field_the_lines_spell_othe
     assert verdict.status == "rejected" and verdict.stage == "empty"
     assert "'region' is not in the data, but 'Region' is (once)" in verdict.reason
     assert "4 non-empty lines" in verdict.reason
+
+
+def test_a_failed_cell_is_told_what_the_data_says_about_its_error() -> None:
+    """Read from the code and the text on the host, never by running the agent's code."""
+    header = "id,Region,amount\n"
+    rows = CSV[len(header):]
+    split = "regions = [row.split('Region=')[1] for row in chunk.splitlines()]"
+    assert "'Region=' occurs nowhere in the data" in cell_error_hint(split, "IndexError: list index out of range", CSV)
+    some = "amounts = [row.split(',')[2] for row in chunk.splitlines()]"
+    hint = cell_error_hint(some, "IndexError: list index out of range", CSV + "total\n")
+    assert "1 of the 5 non-empty lines have no ',' (such as 'total')" in hint
+    assert "keep only the lines that contain ','" in hint
+    key = cell_error_hint("import json\nv = [json.loads(r)['region'] for r in rows]", "KeyError: 'region'", CSV)
+    assert "there is no key 'region'" in key and "but 'Region' is (once)" in key
+    assert cell_error_hint("x = {}['Region']", "KeyError: 'Region'", CSV) == ""  # the data has it as written
+    assert cell_error_hint(some, "NameError: name 'chunk' is not defined", CSV) == ""
+    assert cell_error_hint(some, "IndexError: list index out of range", rows) == ""  # every row has ','

@@ -168,6 +168,25 @@ async def test_error_then_recovery() -> None:
     assert (result.status, result.answer, result.iterations) == ("answered", "1", 3)
 
 
+async def test_a_failed_split_is_told_which_lines_lack_the_separator() -> None:
+    """`line.split("level=")[1]` over a log with a header line raises IndexError; the agent
+    is told how many lines lack the separator and shown one, read from the context on the
+    host, so its next cell can skip them."""
+    log = "service log, exported 2024-05-02\n" + "".join(
+        f"t={t} level={lvl} msg=done\n" for t, lvl in enumerate(["info", "warn", "info"]))
+    script = Script([
+        repl("levels = [line.split('level=')[1].split()[0] for line in context.splitlines()]"),
+        repl("levels = [line.split('level=')[1].split()[0] for line in context.splitlines() if 'level=' in line]\n"
+             "n = levels.count('info')"),
+        FINISH,
+    ])
+    result = await run(script, context=log, question="How many info lines?")
+    told = script.last_user(1)
+    assert "Error: IndexError" in told
+    assert "1 of the 4 non-empty lines have no 'level=' (such as 'service log, exported 2024-05-02')" in told
+    assert (result.status, result.answer) == ("answered", "2")
+
+
 async def test_an_answer_gate_sends_a_refused_answer_back_to_the_agent() -> None:
     # The team verifies an answer before the agent stops: a refusal reaches the agent with
     # its REPL intact and costs one step; three refusals in a row end the loop.

@@ -135,6 +135,7 @@ class HybridRole(Role):
             TaskSandbox(sb, setup).as_sandbox(), question=message, context_description=run.description,
             extra_tools_doc=tools_doc, lm=run.lm, agent_id=state.agent_id,
             task_id=task.id, role="root", trace=run.trace, accept=accept,
+            corpus_text=run.chunk_text(chunk),
         )
         if outcome.status == "budget" and outcome.exceeded is not None:
             raise outcome.exceeded
@@ -155,7 +156,7 @@ class HybridRole(Role):
         outcome = await self._rlm().loop(
             TaskSandbox(sb, FINAL_SETUP).as_sandbox(), question=message, context_description=run.description,
             extra_tools_doc=prompts.TEAM_TOOLS_DOC, lm=run.lm, agent_id=state.agent_id,
-            task_id=FINAL_TASK_ID, role="finalizer", trace=run.trace,
+            task_id=FINAL_TASK_ID, role="finalizer", trace=run.trace, corpus_text=run.chunk_text(None),
         )
         if outcome.status == "budget" and outcome.exceeded is not None:
             raise outcome.exceeded

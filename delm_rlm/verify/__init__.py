@@ -6,9 +6,7 @@ it: `form`, `empty_result`, `agreement` (partials agree on schema and cover thei
 `quotes`, `support` (reading gists rest on their cited anchors), `code_check` (its kernel
 side in `check_process`), `spot_check` (labels), `substance`, `judge`, `conflicts`;
 `label_rules` holds the shared labelling rules; `verdict` holds what the gate answers;
-`fuzzy` maps near-copy quotes to the span they copy; `literals` names the text a check looks
-for that its data lacks (in another case, other spacing, nowhere), in the rejections of
-results that matched nothing; `methods` admits and applies shared
+`fuzzy` maps near-copy quotes to the span they copy; `methods` admits and applies shared
 methods (code that computes a chunk's partial, run without a model). Values are compared by
 the one rule in `delm_rlm.values`."""
 

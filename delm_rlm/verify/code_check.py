@@ -51,7 +51,7 @@ from delm_rlm.values import (
     states_value,
 )
 from delm_rlm.verify.check_process import MARKER, install_code
-from delm_rlm.verify.literals import literal_hints
+from delm_rlm.literals import literal_hints
 from delm_rlm.verify.verdict import Rejection, VerificationStats
 
 if TYPE_CHECKING:
@@ -280,7 +280,7 @@ class CheckRunner:
     ) -> None:
         """The output must change on the empty counterfactual, unless it is a "nothing
         found" value (see the module docstring). The rejection names the text the code looks
-        for that `source` lacks (`verify.literals`): the usual reason an output ignores the data."""
+        for that `source` lacks (`delm_rlm.literals`): the usual reason an output ignores the data."""
         if empty is None or not empty.ok:
             return  # it failed or stopped on the empty input: it reads the data
         same = collapse_whitespace(empty.output) == collapse_whitespace(real.output) or states_value(

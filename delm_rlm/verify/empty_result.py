@@ -17,7 +17,7 @@ from typing import Any
 
 from delm_rlm import prompts
 from delm_rlm.gists import Gist, GistKind
-from delm_rlm.verify.literals import literal_hints
+from delm_rlm.literals import literal_hints
 from delm_rlm.verify.verdict import Rejection
 
 # `for line in chunk` walks a str character by character, so no "line" holds a field: the

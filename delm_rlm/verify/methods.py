@@ -45,7 +45,7 @@ from delm_rlm.values import collapse_whitespace, parse_printed, values_equal
 from delm_rlm.verify.agreement import AgreementRules, count_shape, describe_shape
 from delm_rlm.verify.code_check import CHECK_TIMEOUT_SECONDS, CheckRun, CheckRunner, last_error_line
 from delm_rlm.verify.empty_result import matched_nothing
-from delm_rlm.verify.literals import literal_hints
+from delm_rlm.literals import literal_hints
 from delm_rlm.verify.form import MAX_CHECK_CHARS
 from delm_rlm.verify.gate import MAX_OUTPUT_KEPT, failure_gist
 from delm_rlm.verify.replay import AGENT_ONLY_NAMES

@@ -12,7 +12,13 @@ Only literals in matching positions count: the separator of `split`/`partition`,
 argument of `startswith`/`find`/`count`/`replace`/`str.contains`, the left side of `in`, a
 side of `==`, and regular expressions given to `re` (searched as patterns, not as text). An
 f-string's text, a dict key or an answer template is not matched against the data, so it is
-never reported."""
+never reported. A name bound to one string (`field = "label: "`) is read as that string.
+
+The same reading serves a cell that failed in an agent's REPL (`cell_error_hint`): an
+IndexError after `line.split(sep)[1]` is told how many lines lack `sep` (a header, an intro
+line), a KeyError how the text spells the key. The verifier's stages (`verify.code_check`,
+`verify.empty_result`, `verify.methods`) and the agent loop (`rlm`) use it; nothing here
+runs an agent's code or pattern."""
 
 from __future__ import annotations
 
@@ -227,3 +233,59 @@ def literal_hints(code: str | None, text: str | None, labels: Collection[str] = 
     """One sentence on what the code looks for that `text` lacks ("" when nothing)."""
     hints = unmatched_literals(code, text, labels)
     return f"{prompts.LITERAL_HINTS_HEAD} {'; '.join(hints)}." if hints else ""
+
+
+# -- a cell that failed in an agent's REPL ---------------------------------------------
+
+_KEY_ERROR = re.compile(r"""^KeyError: (['"])(.+?)\1""")
+_SPLITTERS = frozenset({"split", "rsplit", "partition", "rpartition"})
+
+
+def _pieces_taken(tree: ast.AST) -> Iterator[tuple[tuple[int, int], str]]:
+    """Separators the code splits on and then takes a piece of (`line.split(sep)[1]`)."""
+    names = _constants(tree)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Subscript):
+            continue
+        call = node.value
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                and call.func.attr in _SPLITTERS and call.args):
+            sep = _text_of(call.args[0], names)
+            if sep is not None:
+                yield (call.lineno, call.col_offset), sep
+
+
+def cell_error_hint(code: str | None, error: str | None, text: str | None) -> str:
+    """What the data says about a cell's error ("" when it says nothing): an IndexError
+    after `split(sep)[k]` names how many of the text's non-empty lines lack `sep`, with one
+    (a header or an intro line, typically); a KeyError names the key as the text spells it.
+    Read from the code and the text only: nothing of the agent's is run."""
+    if not code or not error or not text:
+        return ""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return ""
+    first = error.strip().splitlines()[0] if error.strip() else ""
+    hints: list[str] = []
+    if first.startswith("IndexError"):
+        lines = [line for line in text.splitlines() if line.strip()]
+        for _, sep in sorted(set(_pieces_taken(tree))):
+            lacking = [line for line in lines if sep not in line]
+            if not lacking:
+                continue
+            if len(lacking) == len(lines):
+                hint = _text_hint(sep, text, False)
+                if hint is not None:
+                    hints.append(hint)
+            else:
+                hints.append(prompts.CELL_LINES_LACK.format(
+                    lacking=f"{len(lacking):,}", total=f"{len(lines):,}", sep=_shown(sep),
+                    example=_shown(lacking[0].strip())))
+            if len(hints) == MAX_HINTS:
+                break
+    elif (key := _KEY_ERROR.match(first)) is not None:
+        hint = _text_hint(key.group(2), text, False)
+        if hint is not None:
+            hints.append(prompts.CELL_KEY_MISSING.format(key=_shown(key.group(2)), hint=hint))
+    return f"{prompts.CELL_HINTS_HEAD} {'; '.join(dict.fromkeys(hints))}." if hints else ""
