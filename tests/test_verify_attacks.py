@@ -342,6 +342,40 @@ async def test_quotes_must_carry_the_claim_and_values_need_a_check(tmp_path: Pat
     assert judged.status == "rejected" and "verifier" not in judge.usage.by_role
 
 
+PLEDGE = (
+    "Estate Pledge. I hereby subscribe the sum of Five Thousand Dollars.\n\n"
+    "On the reverse side is the indorsement: In loving memory this gift shall\nbe known as "
+    "the Memorial Fund.\n\nThe court held that the pledge was a binding promise.\n"
+)
+
+
+async def test_a_phrase_the_claim_quotes_is_grounded_in_its_document_or_rejected(tmp_path: Path) -> None:
+    """A reader's point quotes a clause from elsewhere in the document than its anchor (the
+    issue-15 pledge item: 'In loving memory this gift shall be known as ...' beside an anchor
+    on the court's holding). The verifier finds the phrase in the cited document, line break
+    and all, and keeps that span as evidence; a phrase the document lacks, or one only an
+    uncited document holds, is rejected as before."""
+    at = PLEDGE.index("The court held")
+    holding = QuoteEvidence(doc=0, start=at, end=at + 53, quote=PLEDGE[at:at + 53])
+    docs = [PLEDGE, "Another case: In loving memory of the founders."]
+    verifier, store = _verifier(tmp_path, sandbox_factory=None, docs=docs)
+
+    def fact(text: str) -> Gist:
+        return Gist(kind="fact", text=text, evidence=[holding], provenance=PROV)
+
+    async with verifier:
+        grounded = await verifier.verify(fact(
+            "The court held the pledge with 'In loving memory this gift shall be known as the Memorial Fund' binding"))
+        invented = await verifier.verify(fact("The court held the pledge 'void for want of consideration' binding"))
+        elsewhere = await verifier.verify(fact("The court held the pledge 'In loving memory of the founders' binding"))
+    assert grounded.status == "admitted", grounded.reason
+    spans = [(e.doc, e.start, e.end) for e in store.get_gist(grounded.admitted_id).evidence if e.type == "quote"]
+    start = PLEDGE.index("In loving memory")
+    assert (0, start, PLEDGE.index(" Fund") + len(" Fund")) in spans
+    assert invented.status == "rejected" and "void for want of consideration" in invented.reason
+    assert elsewhere.status == "rejected" and "In loving memory of the founders" in elsewhere.reason
+
+
 def test_the_substance_rule_reads_amounts_in_words_quotes_with_gaps_and_sentence_openings() -> None:
     """Read on LongBench-v2: a pledge "of Five Thousand Dollars" gisted as $5,000, a phrase
     quoted with "...", and "t1: Jordan ..." where the task label opens the claim."""

@@ -83,7 +83,7 @@ from delm_rlm.verify.spot_check import (
     ReplayWatcher,
     SpotChecker,
 )
-from delm_rlm.verify.substance import unsupported
+from delm_rlm.verify.substance import ground_quoted, unsupported
 from delm_rlm.verify.verdict import Rejection, Verdict, VerificationStats
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ class Verifier:
                         raise Rejection("support", problem)
 
             # 3. code: evidence code re-run, then the check
-            added: list[CodeEvidence] = []
+            added: list[CodeEvidence | QuoteEvidence] = []
             output: str | None = None
             spot = None
             if gist.check is not None or given_code:
@@ -284,12 +284,15 @@ class Verifier:
 
             # 4. substance: a claim resting on its evidence's words must share them
             if gist.check is None and gist.value is None and quotes and gist.kind in SUBSTANCE_KINDS:
+                cited = {q.doc for q in quotes}
+                grounded = ground_quoted(gist.text, [q.quote for q in quotes], self.docs, cited)
                 problem = unsupported(
-                    gist.text, [q.quote for q in quotes] + [e.output for e in added],
-                    cited_docs={q.doc for q in quotes},
+                    gist.text, [q.quote for q in [*quotes, *grounded]] + [e.output for e in added],
+                    cited_docs=cited,
                 )
                 if problem is not None:
                     raise Rejection("quotes", problem)
+                added = [*grounded, *added]  # kept with the gist and shown to the judge
 
             # 5. judge, for claims nothing above could check
             note = "verified: " + ", ".join(checks[1:]) if len(checks) > 1 else "form only"

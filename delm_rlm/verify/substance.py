@@ -21,12 +21,21 @@ evidence (the quoted spans, and the verifier's own output of any code evidence):
 
 Words are compared case-insensitively. What the rule cannot see: meaning ("not", order,
 scope). A claim that passes it may still be false; with the judge on, the judge decides it.
+
+A phrase the claim quotes that its evidence lacks but a cited document holds word for word
+(`ground_quoted`) is found there by the verifier and becomes evidence of its own, at its
+span: a reader's point quoting a clause from elsewhere in the document ("the expression 'In
+loving memory this gift shall be known as ...'") is grounded in the text, not rejected for
+citing the wrong anchor. Only whole phrases of three words or more are looked up, as literal
+words with any whitespace between them.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+
+from delm_rlm.gists import QuoteEvidence
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?![\w])")
 _WORD = re.compile(r"[^\W\d_][^\W_]*(?:['\u2019-][^\W\d_]+)*")
@@ -108,6 +117,43 @@ def _matches(word: str, pool: set[str]) -> bool:
         if len(short) >= MIN_STEM and long_.startswith(short):
             return True
     return False
+
+
+# Quoted phrases the verifier looks up in the cited documents, and how many it adds.
+MIN_GROUNDED_WORDS = 3
+MAX_GROUNDED_PHRASES = 3
+MAX_GROUNDED_CHARS = 400
+
+
+def _quoted_pieces(claim: str) -> list[str]:
+    """The phrases `claim` quotes, each cut at an ellipsis into the pieces it keeps."""
+    quoted = [next(g for g in m.groups() if g) for m in _QUOTED.finditer(claim)]
+    return [" ".join(p.split()) for q in quoted for p in _ELLIPSIS.split(q) if len(p.strip()) >= 2]
+
+
+def ground_quoted(claim: str, evidence: Sequence[str], docs: Sequence[str],
+                  cited_docs: Iterable[int]) -> list[QuoteEvidence]:
+    """Spans of the cited documents that hold, word for word, a phrase `claim` quotes and
+    its `evidence` lacks (see the module doc): at most `MAX_GROUNDED_PHRASES`, each of
+    `MIN_GROUNDED_WORDS` words or more. Case must match; whitespace may differ."""
+    have = " ".join(" ".join(evidence).split()).lower()
+    found: list[QuoteEvidence] = []
+    for piece in _quoted_pieces(claim):
+        words = piece.split()
+        if len(words) < MIN_GROUNDED_WORDS or len(piece) > MAX_GROUNDED_CHARS or piece.lower() in have:
+            continue
+        pattern = re.compile(r"\s+".join(re.escape(w) for w in words))  # literal words only
+        for doc in sorted(set(cited_docs)):
+            if not 0 <= doc < len(docs):
+                continue
+            match = pattern.search(docs[doc])
+            if match:
+                found.append(QuoteEvidence(doc=doc, start=match.start(), end=match.end(), quote=match.group()))
+                have += " " + piece.lower()
+                break
+        if len(found) == MAX_GROUNDED_PHRASES:
+            break
+    return found
 
 
 def unsupported(claim: str, evidence: Sequence[str], cited_docs: Iterable[int] = ()) -> str | None:
